@@ -1,0 +1,3 @@
+"""VLM captioning: backends behind one TextGenBackend protocol, multi-level / OCR-first /
+difference caption programs (issue 12).
+"""

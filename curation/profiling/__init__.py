@@ -1,0 +1,1 @@
+"""Profiling: safe decoding and the metric functions (docs/profiles.md)."""

@@ -1,0 +1,117 @@
+"""One safe decode per image: header facts, the displayed first frame, or an error code.
+
+Error codes (the ``error`` column and ``rejects.reason``):
+
+- ``empty_file``       zero bytes
+- ``read_failed``      the bytes could not be read from the sample's ``uri``
+- ``not_an_image``     no image format recognised (text, HTML, ...)
+- ``too_many_pixels``  width x height above the limit, refused before decoding
+- ``truncated``        the data ends early (never decoded with filler)
+- ``decode_failed``    anything else the decoder rejects
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Pillow's hard refusal is at 2 x MAX_IMAGE_PIXELS (DecompressionBombError).
+PILLOW_HARD_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+# Bands and bits per band for modes as Pillow stores them in memory.
+_MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+# PNG colour type -> channels (IHDR tells the true bit depth; Pillow reduces RGB16 to 8 bits).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+class DecodeError(Exception):
+    """A per-row failure: ``code`` is the error column value, ``detail`` the explanation."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.code, self.detail = code, detail
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image  # displayed first frame: EXIF orientation applied, mode as stored
+    format: str
+    mode: str  # mode as stored, before any conversion
+    n_frames: int
+    channels: int  # as stored
+    bit_depth: int  # bits per channel as stored
+
+
+def _stored_depth(data: bytes, fmt: str, im: Image.Image) -> tuple[int, int]:
+    """(channels, bits per channel) of the stored image."""
+    if fmt == "PNG" and data[12:16] == b"IHDR":
+        depth, colour_type = struct.unpack(">BB", data[24:26])
+        return _PNG_CHANNELS.get(colour_type, len(im.getbands())), depth
+    return len(im.getbands()), _MODE_BITS.get(im.mode, 8)
+
+
+def decode(data: bytes, *, max_pixels: int) -> Decoded:
+    """Decode the first frame of ``data`` or raise :class:`DecodeError`."""
+    if not data:
+        raise DecodeError("empty_file", "0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        head = data[:16].decode("latin-1").encode("unicode_escape").decode()
+        raise DecodeError("not_an_image", f"unrecognised format, starts with {head!r}") from None
+    except Image.DecompressionBombError as err:
+        raise DecodeError("too_many_pixels", str(err)) from None
+    except Exception as err:  # a malformed header
+        raise DecodeError("decode_failed", f"{type(err).__name__}: {err}") from None
+
+    width, height = im.size
+    if width * height > max_pixels:
+        raise DecodeError("too_many_pixels", f"{width}x{height} > max_pixels={max_pixels}")
+    fmt, mode = im.format or "UNKNOWN", im.mode
+    try:
+        n_frames = int(getattr(im, "n_frames", 1))
+        if n_frames > 1:
+            im.seek(0)
+        if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone enabled filler decoding process-wide
+            raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to decode")
+        im.load()
+    except OSError as err:
+        message = str(err)
+        code = "truncated" if "truncated" in message or "end of file" in message else None
+        raise DecodeError(code or "decode_failed", f"{type(err).__name__}: {message}") from None
+    except Exception as err:
+        raise DecodeError("decode_failed", f"{type(err).__name__}: {err}") from None
+    channels, bit_depth = _stored_depth(data, fmt, im)
+    try:
+        shown = ImageOps.exif_transpose(im)
+    except Exception:  # unreadable EXIF: show the image as stored
+        shown = im
+    return Decoded(shown, fmt, mode, n_frames, channels, bit_depth)
+
+
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """8-bit RGB for the metrics. Transparency is composited over white; deep greyscale
+    (``I;16``, ``I``, ``F``) is scaled down to 8 bits rather than clipped."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
+        arr = np.asarray(im)
+        scale = 257.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 1.0
+        grey = np.clip(arr / scale + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if im.mode == "F":
+        grey = np.clip(np.asarray(im), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    has_alpha = im.mode in {"RGBA", "LA", "PA", "La", "RGBa"} or "transparency" in im.info
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")

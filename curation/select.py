@@ -1,0 +1,185 @@
+"""Select: a recipe's DuckDB predicates over a run's tables -> curated shards + manifest.
+
+A global step (CONVENTIONS.md 1b): one SQL query over the compute-once tables, so changing
+a threshold re-runs only this and never decodes an image. Rows are ordered by
+``sample_id`` and cut into fixed-size shards, so the same run + recipe gives the same
+bytes. Samples whose profile has an ``error`` are never selected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from infra import catalog
+from infra.config import ConfigError, require, to_dict
+from infra.storage import RunDir, read_bytes, resolve_uri, shard_name, write_parquet_atomic
+from infra.tables import SHARD, conform
+
+MANIFEST_FORMAT = "zfoundry.manifest/1"
+# Per-sample tables joined to samples when present (LEFT JOIN, so predicates may use them).
+OPTIONAL_TABLES = ("scores", "dedup", "weights", "captions")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """How the trainer samples the stage's rows (copied into manifest.json)."""
+
+    weights_column: str = "sampling_weight"
+    """Shard column holding per-row sampling weights."""
+    t2i_i2i_ratio: tuple[int, int] = (4, 1)
+    """Text-to-image : image-to-image mix."""
+    caption_probs: dict[str, float] = field(default_factory=lambda: {"caption_alt": 1.0})
+    """Probability of each caption column being the training caption (sums to 1)."""
+    resolution_buckets: tuple[tuple[int, int], ...] = ((256, 256),)
+    """Training resolutions (width, height) for the stage."""
+
+    def __post_init__(self) -> None:
+        probs = self.caption_probs
+        require(all(v >= 0 for v in probs.values()), "caption_probs", probs, "must be >= 0")
+        require(math.isclose(sum(probs.values()), 1.0), "caption_probs", probs, "must sum to 1")
+        require(min(self.t2i_i2i_ratio) >= 0, "t2i_i2i_ratio", self.t2i_i2i_ratio, "must be >= 0")
+        ok = all(
+            w > 0 and h > 0 and w % 16 == 0 and h % 16 == 0 for w, h in self.resolution_buckets
+        )
+        require(
+            ok, "resolution_buckets", self.resolution_buckets, "must be positive multiples of 16"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """A curriculum stage's selection: predicates, shard size, sampling settings."""
+
+    name: str
+    """Stage name written into the manifest (e.g. ``lowres``)."""
+    where: tuple[str, ...] = ()
+    """DuckDB predicates, AND-ed, over the run's tables joined by sample_id."""
+    rows_per_shard: int = 1000
+    """Rows per output shard."""
+    sampling: Sampling = field(default_factory=Sampling)
+    """Sampling settings for the trainer."""
+
+    def __post_init__(self) -> None:
+        require(self.rows_per_shard >= 1, "rows_per_shard", self.rows_per_shard, "must be >= 1")
+        require(bool(self.name.strip()), "name", self.name, "must not be empty")
+
+
+def _from_clause(con: duckdb.DuckDBPyConnection) -> tuple[str, str]:
+    present = set(catalog.views(con))
+    for needed in ("samples", "profiles"):
+        if needed not in present:
+            raise FileNotFoundError(f"select needs the {needed}/ table; run its step first")
+    joins = ["samples", "JOIN profiles USING (sample_id)"]
+    joins += [f"LEFT JOIN {t} USING (sample_id)" for t in OPTIONAL_TABLES if t in present]
+    weight = "coalesce(weights.sampling_weight, 1.0)" if "weights" in present else "1.0"
+    return " ".join(joins), weight
+
+
+def funnel(con: duckdb.DuckDBPyConnection, recipe: Recipe, source: str) -> list[dict[str, Any]]:
+    """Rows left after each predicate, cumulatively; an invalid predicate names itself."""
+    frm, _ = _from_clause(con)
+    conds = ["profiles.error IS NULL"]
+    steps = [{"predicate": "profiles.error IS NULL (decodable)"}]
+    steps[0]["rows"] = con.execute(f"SELECT count(*) FROM {frm} WHERE {conds[0]}").fetchone()[0]
+    for i, pred in enumerate(recipe.where):
+        conds.append(f"({pred})")
+        try:
+            n = con.execute(f"SELECT count(*) FROM {frm} WHERE {' AND '.join(conds)}").fetchone()
+        except duckdb.Error as err:
+            raise ConfigError(f"{pred!r}: {err}", source=source, key=f"where[{i}]") from None
+        steps.append({"predicate": pred, "rows": n[0]})
+    return steps
+
+
+def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<recipe>") -> dict:
+    """Write ``out/00000.parquet ...`` and ``out/manifest.json``; return the manifest."""
+    con = catalog.connect(run)
+    steps = funnel(con, recipe, recipe_source)
+    frm, weight = _from_clause(con)
+    where = " AND ".join(["profiles.error IS NULL", *(f"({p})" for p in recipe.where)])
+    query = (
+        f"SELECT samples.sample_id, samples.image, samples.uri, samples.caption_alt, "
+        f"profiles.width, profiles.height, {weight} AS sampling_weight, 't2i' AS task "
+        f"FROM {frm} WHERE {where} ORDER BY samples.sample_id"
+    )
+    reader = con.sql(query).to_arrow_reader(recipe.rows_per_shard)
+    fs, root = resolve_uri(out)
+    fs.create_dir(root, recursive=True)
+    shards: list[dict[str, Any]] = []
+    pending: list[pa.RecordBatch] = []
+    for batch in reader:
+        pending.append(batch)
+        while sum(b.num_rows for b in pending) >= recipe.rows_per_shard:
+            table = pa.Table.from_batches(pending)
+            shards.append(_write_shard(fs, root, len(shards), table[: recipe.rows_per_shard]))
+            rest = table[recipe.rows_per_shard :]
+            pending = rest.to_batches() if rest.num_rows else []
+    if pending:
+        shards.append(_write_shard(fs, root, len(shards), pa.Table.from_batches(pending)))
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "stage": recipe.name,
+        "run_dir": run.location,
+        "recipe": to_dict(recipe),
+        "shards": shards,
+        "totals": {
+            "rows": sum(s["rows"] for s in shards),
+            "shards": len(shards),
+            "bytes": sum(s["bytes"] for s in shards),
+            "profiled_ok": steps[0]["rows"],
+        },
+        "funnel": steps,
+        "sampling": to_dict(recipe.sampling),
+        "columns": SHARD.names,
+    }
+    _write_manifest(fs, root, manifest)
+    _delete_stale(fs, root, {s["path"] for s in shards})
+    return manifest
+
+
+def _write_shard(fs, root: str, index: int, table: pa.Table) -> dict[str, Any]:
+    if table.column("image").null_count:  # samples that kept only a URI
+        images = [
+            data if data is not None else read_bytes(uri)
+            for data, uri in zip(
+                table.column("image").to_pylist(), table.column("uri").to_pylist(), strict=True
+            )
+        ]
+        table = table.set_column(
+            table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())
+        )
+    table = conform(table.drop_columns(["uri"]), SHARD, name="shard")
+    path = f"{root}/{shard_name(index)}"
+    write_parquet_atomic(fs, path, table)
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    return {
+        "path": shard_name(index),
+        "rows": table.num_rows,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def _write_manifest(fs, root: str, manifest: dict) -> None:
+    tmp = f"{root}/_tmp-manifest.json"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n")
+    fs.move(tmp, f"{root}/manifest.json")
+
+
+def _delete_stale(fs, root: str, keep: set[str]) -> None:
+    """Shards of an earlier, larger selection in the same folder."""
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        name = info.base_name
+        if name.endswith(".parquet") and not name.startswith("_") and name not in keep:
+            fs.delete_file(info.path)

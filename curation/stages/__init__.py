@@ -1,0 +1,1 @@
+"""Per-batch stages of the curation engines (each implements infra.stage.Stage)."""

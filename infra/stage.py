@@ -1,0 +1,53 @@
+"""The stage protocol every per-batch engine step implements (CONVENTIONS.md 1).
+
+A stage is a small dataclass whose fields are its config. It declares ``name``, the table
+it reads and the table it writes, the resources one worker needs, loads anything heavy
+once in :meth:`Stage.setup`, and transforms Arrow tables in :meth:`Stage.process_batch`.
+Stages never import ``ray``: executors in ``pipelines/`` run them in-process or on Ray.
+
+Per-row data errors are not exceptions. A stage whose output table has an ``error``
+column sets it to a short code for a failed row (and may add an ``error_detail`` column);
+the framework routes those rows to ``rejects/`` and counts them by reason.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """What one worker of a stage needs; executors map it to Ray task/actor options."""
+
+    cpus: float = 1.0
+    """CPU cores per worker."""
+    gpus: float = 0.0
+    """GPU fraction per worker (model stages); > 0 makes the Ray executor use actors."""
+    memory_gb: float | None = None
+    """Heap memory per worker to reserve, or None for the scheduler's default."""
+
+
+class Stage(abc.ABC):
+    """Base class of per-batch stages. Subclasses are ``@dataclass(kw_only=True)``."""
+
+    name: ClassVar[str]
+    """Stage name: the step name in pipeline files and the ``stage`` of its rejects."""
+    input_table: ClassVar[str]
+    output_table: ClassVar[str]
+    input_columns: ClassVar[tuple[str, ...] | None] = None
+    """Columns of the input table the stage reads (None = all)."""
+
+    @property
+    def resources(self) -> Resources:
+        return Resources()
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load models or other per-worker state. Called once per worker before batches."""
+
+    @abc.abstractmethod
+    def process_batch(self, table: pa.Table) -> pa.Table:
+        """Transform one input batch into output rows (one per input row for 1:1 stages)."""

@@ -1,0 +1,173 @@
+"""Run directories: tables as folders of Parquet shards, written atomically, with markers.
+
+Layout (DESIGN.md): ``RUN_DIR/<table>/00000.parquet`` ... plus bookkeeping files whose names
+start with ``_`` (``_00000.done.json`` shard markers, ``_SUCCESS.json`` table marker,
+``_tmp-*`` files being written), which Parquet readers ignore. ``RUN_DIR/stats/`` holds
+per-stage counters. Every path goes through a pyarrow filesystem, so the same code serves
+local paths and object-store URIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from infra.tables import BINARY_COLUMNS
+
+ROW_GROUP_ROWS = 1024
+
+
+def shard_name(index: int, prefix: str = "") -> str:
+    """``00042.parquet``, or ``profile-00042.parquet`` with a prefix (rejects shards)."""
+    return f"{prefix}-{index:05d}.parquet" if prefix else f"{index:05d}.parquet"
+
+
+def resolve_uri(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it for a local path or URI."""
+    text = str(location)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), os.path.abspath(text)
+
+
+class RunDir:
+    """One run's folder of tables. Cheap to construct and picklable (ships to Ray tasks)."""
+
+    def __init__(self, location: str | Path):
+        self.location = str(location) if "://" in str(location) else os.path.abspath(location)
+        self.fs, self.root = resolve_uri(self.location)
+
+    def __reduce__(self):
+        return (RunDir, (self.location,))
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.location!r})"
+
+    # paths -----------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def table_path(self, table: str) -> str:
+        return self.path(table)
+
+    def marker_path(self, table: str, index: int) -> str:
+        return self.path(table, f"_{index:05d}.done.json")
+
+    def success_path(self, table: str) -> str:
+        return self.path(table, "_SUCCESS.json")
+
+    # queries ---------------------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def has_table(self, table: str) -> bool:
+        return bool(self.data_files(table))
+
+    def tables(self) -> list[str]:
+        """Folders under the run directory that hold at least one data file."""
+        if not self.exists(self.root):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root))
+        names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+        return [n for n in names if not n.startswith(("_", ".")) and self.has_table(n)]
+
+    def data_files(self, table: str) -> list[str]:
+        """Sorted Parquet files of a table, bookkeeping (``_``-prefixed) files excluded."""
+        base = self.table_path(table)
+        if not self.exists(base):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base))
+        return sorted(
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith(("_", "."))
+        )
+
+    def completed(self, table: str) -> dict[int, dict[str, Any]]:
+        """Shard index -> marker contents, for every shard of ``table`` marked complete."""
+        base = self.table_path(table)
+        if not self.exists(base):
+            return {}
+        done = {}
+        for info in self.fs.get_file_info(pafs.FileSelector(base)):
+            name = info.base_name
+            if name.startswith("_") and name.endswith(".done.json"):
+                done[int(name[1:6])] = self.read_json(info.path)
+        return dict(sorted(done.items()))
+
+    # writes ----------------------------------------------------------------------------
+    def write_parquet(self, table_name: str, file_name: str, table: pa.Table) -> str:
+        """Write ``table`` to ``RUN_DIR/table_name/file_name`` via a temp name + rename."""
+        final = self.path(table_name, file_name)
+        write_parquet_atomic(self.fs, final, table)
+        return final
+
+    def write_json(self, path: str, payload: Any) -> None:
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        tmp = _tmp_sibling(path)
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(json.dumps(payload, indent=2, sort_keys=True).encode() + b"\n")
+        self.fs.move(tmp, path)
+
+    def read_json(self, path: str) -> Any:
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+
+    def delete(self, paths: Iterable[str]) -> None:
+        for p in paths:
+            if self.exists(p):
+                self.fs.delete_file(p)
+
+
+def _tmp_sibling(path: str) -> str:
+    head, _, tail = path.rpartition("/")
+    return f"{head}/_tmp-{uuid.uuid4().hex[:12]}-{tail}"
+
+
+def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """Deterministic Parquet bytes for the same table; readers never see a partial file."""
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = _tmp_sibling(path)
+    compression = {
+        name: ("none" if name in BINARY_COLUMNS else "zstd") for name in table.column_names
+    }
+    dictionary = [n for n in table.column_names if n not in BINARY_COLUMNS]
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            filesystem=fs,
+            compression=compression,
+            use_dictionary=dictionary,
+            row_group_size=ROW_GROUP_ROWS,
+        )
+        fs.move(tmp, path)
+    finally:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+
+
+def read_parquet(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def local_path(location: str | Path) -> Path:
+    """A local filesystem path (for outputs that must be local, e.g. printed locations)."""
+    return Path(location).expanduser().resolve()
+
+
+def read_bytes(uri: str) -> bytes:
+    """All bytes at a local path or filesystem URI (``s3://``, ``gs://``, ``file://``)."""
+    fs, path = resolve_uri(uri[len("file://") :] if uri.startswith("file://") else uri)
+    with fs.open_input_file(path) as f:
+        return f.read()

@@ -1,0 +1,110 @@
+"""Arrow schemas of every run table, defined once (DESIGN.md "CLI and tables").
+
+Writers call :func:`conform` before writing, so a table on disk always has exactly its
+contract's columns, in order and with these types. Later issues add their tables here
+(``vectors``, ``scores``, ``dedup``, ``knn_edges``, ``weights``, ``captions``, ...).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SAMPLES = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),  # source-relative key the id hashes
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("image", pa.binary()),  # null when the bytes stay at `uri`
+        pa.field("caption_alt", pa.string()),
+        pa.field("meta", pa.string()),  # JSON object
+        pa.field("content_sha256", pa.string()),  # null when `image` is null
+    ]
+)
+
+PROFILES = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("file_bytes", pa.int64()),
+        pa.field("format", pa.string()),
+        pa.field("mode", pa.string()),
+        pa.field("n_frames", pa.int32()),
+        pa.field("bit_depth", pa.int32()),
+        pa.field("aspect_ratio", pa.float64()),
+        pa.field("phash", pa.uint64()),
+        pa.field("content_sha256", pa.string()),
+        pa.field("compression_ratio", pa.float64()),
+        pa.field("jpeg_bpp", pa.float64()),
+        pa.field("border_variance", pa.float64()),
+        pa.field("sharpness", pa.float64()),
+        pa.field("noise_sigma", pa.float64()),
+        pa.field("color_cast", pa.float64()),
+        pa.field("saturated_fraction", pa.float64()),
+        pa.field("error", pa.string()),
+    ]
+)
+
+REJECTS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+    ]
+)
+
+# Curated shard rows (the trainer's input). Caption columns beyond `caption_alt` and the
+# i2i columns are added by the captioner / editing-pair issues.
+SHARD = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("caption_alt", pa.string()),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("sampling_weight", pa.float64(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "samples": SAMPLES,
+    "profiles": PROFILES,
+    "rejects": REJECTS,
+}
+
+# Stage outputs may carry this extra column next to `error`; the framework moves it into
+# rejects/ `detail` and drops it before the table is written.
+ERROR_DETAIL = "error_detail"
+
+# Large binary columns: stored uncompressed (JPEG/PNG bytes do not compress further).
+BINARY_COLUMNS = frozenset({"image", "source_image"})
+
+
+class SchemaError(ValueError):
+    """A table does not match its contract."""
+
+
+def conform(table: pa.Table, schema: pa.Schema, *, name: str) -> pa.Table:
+    """Return ``table`` with exactly ``schema``'s columns, order and types.
+
+    Raises :class:`SchemaError` naming the missing/extra columns or the column whose values
+    cannot be cast, so a writer bug never reaches disk.
+    """
+    have, want = set(table.column_names), set(schema.names)
+    if have != want:
+        raise SchemaError(
+            f"table {name!r}: missing columns {sorted(want - have)}, "
+            f"unexpected columns {sorted(have - want)}"
+        )
+    table = table.select(schema.names)
+    for field in schema:
+        col = table.column(field.name)
+        if not field.nullable and col.null_count:
+            raise SchemaError(f"table {name!r}: column {field.name!r} has {col.null_count} nulls")
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise SchemaError(f"table {name!r}: {err}") from err

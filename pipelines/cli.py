@@ -1,0 +1,228 @@
+"""The ``zfoundry`` command line: run pipelines, or one step at a time, and query runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from infra.config import ConfigError
+from infra.storage import RunDir
+
+app = typer.Typer(
+    name="zfoundry",
+    help="Curate image-text pools into training shards (Z-Image data pipeline) on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (created if missing).")]
+RunArg = Annotated[Path, typer.Argument(help="Run directory.", exists=True, file_okay=False)]
+
+
+class ExecutorKind(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/bold red] {err}")
+    raise typer.Exit(2)
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parse as TOML (``90``, ``true``, ``"x"``) or stay strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", source="CLI", key="--set")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+@app.command()
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline TOML (steps + settings).")],
+    run_dir: RunOpt,
+    executor: Annotated[
+        ExecutorKind | None, typer.Option(help="Override [executor].kind from the file.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting, e.g. --set profile.jpeg_quality=90."),
+    ] = None,
+) -> None:
+    """Run a pipeline file's steps in order; re-running resumes where it stopped."""
+    from pipelines.config import load_pipeline
+    from pipelines.steps import run_pipeline
+    from pipelines.summary import print_summary
+
+    try:
+        overrides = _parse_set(set_ or [])
+        if executor is not None:
+            overrides["executor.kind"] = executor.value
+        cfg = load_pipeline(pipeline, overrides)
+    except ConfigError as err:
+        _fail(err)
+    run_obj = RunDir(run_dir)
+    console.print(f"[bold]zfoundry run[/bold] {pipeline} -> {run_obj.location} ({cfg.steps})")
+    try:
+        results = run_pipeline(cfg, run_obj, on_step=lambda s, _: console.print(f"  done: {s}"))
+    except (ConfigError, RuntimeError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    print_summary(run_obj, results, Console())
+
+
+@app.command()
+def ingest(
+    sources: Annotated[list[Path], typer.Argument(help="Folders or Parquet files/folders.")],
+    run_dir: RunOpt,
+    name: Annotated[str | None, typer.Option(help="Source name (one source only).")] = None,
+    rows_per_shard: Annotated[int, typer.Option(help="Samples per shard.")] = 256,
+    inline: Annotated[bool, typer.Option(help="Copy folder images into samples/.")] = True,
+    image_column: Annotated[str, typer.Option(help="Parquet: image bytes column.")] = "image",
+    uri_column: Annotated[str | None, typer.Option(help="Parquet: image URI column.")] = None,
+    caption_column: Annotated[str, typer.Option(help="Parquet: caption column.")] = "caption",
+    key_column: Annotated[str | None, typer.Option(help="Parquet: unique key column.")] = None,
+) -> None:
+    """Register every file of the sources as a sample in RUN_DIR/samples/."""
+    from infra.config import from_dict
+    from pipelines.config import IngestConfig
+    from pipelines.steps import ingest as run_ingest
+
+    try:
+        if name and len(sources) > 1:
+            raise ConfigError("--name needs exactly one source", source="CLI", key="--name")
+        raw = {
+            "sources": [
+                {
+                    "path": str(p),
+                    "name": name,
+                    "inline": inline,
+                    "image_column": image_column,
+                    "uri_column": uri_column,
+                    "caption_column": caption_column,
+                    "key_column": key_column,
+                }
+                for p in sources
+            ],
+            "rows_per_shard": rows_per_shard,
+        }
+        cfg = from_dict(IngestConfig, raw, source="CLI")
+        stats = run_ingest(RunDir(run_dir), cfg)
+    except (ConfigError, RuntimeError, ValueError) as err:
+        _fail(err)
+    console.print_json(json.dumps(stats))
+
+
+@app.command()
+def profile(
+    run_dir: RunArg,
+    executor: Annotated[ExecutorKind, typer.Option(help="Where to run.")] = ExecutorKind.ray,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Take [profile] settings from this pipeline file.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override, e.g. --set jpeg_quality=90.")
+    ] = None,
+) -> None:
+    """Profile every sample: profiles/ (one row per sample) and rejects/."""
+    from curation.stages.profile import ProfileStage
+    from infra.config import from_dict, load_toml
+    from pipelines.executors import get_executor
+
+    try:
+        overrides = _parse_set(set_ or [])
+        if config:
+            stage = load_toml(ProfileStage, config, section="profile", overrides=overrides)
+        else:
+            stage = from_dict(ProfileStage, overrides, source="CLI")
+        options: dict[str, Any] = {"address": address} if executor is ExecutorKind.ray else {}
+        stats = get_executor(executor.value, **options).run_stage(stage, RunDir(run_dir))
+    except (ConfigError, RuntimeError, ValueError) as err:
+        _fail(err)
+    console.print_json(json.dumps(stats))
+
+
+@app.command()
+def select(
+    run_dir: RunArg,
+    recipe: Annotated[Path, typer.Option(help="Recipe TOML.", exists=True, dir_okay=False)],
+    out: Annotated[str, typer.Option(help="Output folder for shards + manifest.json.")],
+) -> None:
+    """Write curated shards + manifest.json for the rows a recipe's predicates keep."""
+    from pipelines.config import SelectConfig
+    from pipelines.steps import select_step
+
+    try:
+        out_abs = out if "://" in out else str(Path(out).resolve())
+        stats = select_step(RunDir(run_dir), SelectConfig(recipe=recipe.resolve(), out=out_abs))
+    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
+        _fail(err)
+    console.print_json(json.dumps(stats))
+
+
+@app.command()
+def query(
+    run_dir: RunArg,
+    sql: Annotated[str, typer.Argument(help="SQL; each table is a view named after its folder.")],
+    format: Annotated[OutputFormat, typer.Option(help="Output format.")] = OutputFormat.table,
+    max_rows: Annotated[int, typer.Option(help="Rows shown in table format.")] = 40,
+) -> None:
+    """Run SQL over a run's tables (DuckDB) and print the result."""
+    import duckdb
+
+    from infra import catalog
+
+    con = catalog.connect(RunDir(run_dir))
+    try:
+        rel = con.sql(sql)
+    except duckdb.Error as err:
+        _fail(err)
+    if rel is None:
+        return
+    if format is OutputFormat.table:
+        rel.show(max_rows=max_rows, max_width=200)
+    elif format is OutputFormat.csv:
+        import pyarrow.csv as pacsv
+
+        sys.stdout.flush()
+        pacsv.write_csv(rel.to_arrow_table(), sys.stdout.buffer)
+    else:
+        for row in rel.to_arrow_table().to_pylist():
+            print(json.dumps(row, default=lambda v: v.hex() if isinstance(v, bytes) else str(v)))
+
+
+@app.command()
+def status(run_dir: RunArg) -> None:
+    """Show which tables and shards of a run are complete, with their counters."""
+    from pipelines.status import print_status
+
+    print_status(RunDir(run_dir), Console())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Bookkeeping every executor shares: plan shards, run one shard, finish a stage.
+
+Work is keyed by **input shard**: ``samples/00007.parquet`` becomes ``profiles/00007.parquet``
+(+ ``rejects/profile-00007.parquet``) followed by the marker ``profiles/_00007.done.json``
+holding that shard's counters. A shard with a marker is never recomputed; a shard without
+one is recomputed from scratch and overwrites whatever a killed run left behind. The same
+function runs a shard on every executor, so their outputs are identical.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from infra.config import to_dict
+from infra.stage import Stage
+from infra.storage import RunDir, shard_name
+from infra.tables import ERROR_DETAIL, REJECTS, TABLES, conform
+
+# Stage fields that do not change outputs (may differ between a run and its resume).
+RUNTIME_FIELDS = frozenset({"batch_rows"})
+
+
+class StageInputMissing(RuntimeError):
+    """The stage's input table is absent or incomplete."""
+
+
+class RunConflict(RuntimeError):
+    """The run directory holds results of different settings; use a new run directory."""
+
+
+def guard_settings(run: RunDir, table: str, settings: dict[str, Any]) -> None:
+    """Refuse to mix shards made with different settings in one table."""
+    path = run.path(table, "_settings.json")
+    if run.exists(path):
+        before = run.read_json(path)
+        if before != settings:
+            raise RunConflict(
+                f"{run.location}/{table}/ was written with other settings:\n  before: {before}\n"
+                f"  now:    {settings}\nUse a new --run directory (or delete {table}/)."
+            )
+    else:
+        run.write_json(path, settings)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    index: int
+    input_path: str
+
+
+def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
+    """(pending jobs, number of input shards). Requires a complete input table."""
+    if not run.exists(run.success_path(stage.input_table)):
+        raise StageInputMissing(
+            f"stage {stage.name!r} needs a complete {stage.input_table}/ table in {run.location} "
+            f"(run the step that writes it first)"
+        )
+    settings = {k: v for k, v in to_dict(stage).items() if k not in RUNTIME_FIELDS}
+    guard_settings(run, stage.output_table, {"stage": stage.name, **settings})
+    inputs = run.completed(stage.input_table)
+    done = run.completed(stage.output_table)
+    jobs = [
+        ShardJob(i, run.path(stage.input_table, shard_name(i))) for i in inputs if i not in done
+    ]
+    return jobs, len(inputs)
+
+
+def split_rejects(table: pa.Table, stage_name: str) -> tuple[pa.Table, pa.Table]:
+    """Move rows with a non-null ``error`` into a rejects table; drop ``error_detail``."""
+    detail = table.column(ERROR_DETAIL) if ERROR_DETAIL in table.column_names else None
+    main = table.drop_columns([ERROR_DETAIL]) if detail is not None else table
+    if "error" not in table.column_names:
+        return main, REJECTS.empty_table()
+    failed = pc.is_valid(table.column("error"))
+    bad = table.filter(failed)
+    rejects = pa.table(
+        {
+            "sample_id": bad.column("sample_id"),
+            "stage": pa.array([stage_name] * bad.num_rows, pa.string()),
+            "reason": bad.column("error"),
+            "detail": bad.column(ERROR_DETAIL) if detail is not None else pa.nulls(bad.num_rows),
+        }
+    )
+    return main, conform(rejects, REJECTS, name="rejects")
+
+
+def run_shard(stage: Stage, run: RunDir, job: ShardJob) -> dict[str, Any]:
+    """Run ``stage`` over one input shard, write its outputs atomically, then its marker."""
+    t0 = time.perf_counter()
+    source = pq.ParquetFile(job.input_path, filesystem=run.fs)
+    columns = list(stage.input_columns) if stage.input_columns else None
+    batch_rows = getattr(stage, "batch_rows", 256)
+    outputs = [
+        stage.process_batch(pa.Table.from_batches([batch]))
+        for batch in source.iter_batches(batch_size=batch_rows, columns=columns)
+    ]
+    schema = TABLES[stage.output_table]
+    table = pa.concat_tables(outputs) if outputs else schema.empty_table()
+    main, rejects = split_rejects(table, stage.name)
+    main = conform(main, schema, name=stage.output_table)
+    rows_in = source.metadata.num_rows
+    if main.num_rows != rows_in:
+        raise RuntimeError(f"stage {stage.name!r} returned {main.num_rows} rows for {rows_in}")
+
+    rejects_file = run.path("rejects", shard_name(job.index, prefix=stage.name))
+    if rejects.num_rows:
+        run.write_parquet("rejects", rejects_file.rsplit("/", 1)[1], rejects)
+    else:
+        run.delete([rejects_file])  # a stale file from an interrupted earlier attempt
+    run.write_parquet(stage.output_table, shard_name(job.index), main)
+    reasons = collections.Counter(rejects.column("reason").to_pylist())
+    stats = {
+        "shard": job.index,
+        "input": job.input_path,
+        "rows_in": rows_in,
+        "ok": rows_in - rejects.num_rows,
+        "rejected": rejects.num_rows,
+        "reasons": dict(sorted(reasons.items())),
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
+    run.write_json(run.marker_path(stage.output_table, job.index), stats)
+    return stats
+
+
+def finish(
+    stage: Stage, run: RunDir, *, executor: str, ran: list[dict[str, Any]], wall_s: float
+) -> dict[str, Any]:
+    """Mark the output table complete and write ``stats/<stage>.json`` over all shards."""
+    markers = run.completed(stage.output_table)
+    reasons: collections.Counter[str] = collections.Counter()
+    for m in markers.values():
+        reasons.update(m["reasons"])
+    rows = sum(m["rows_in"] for m in markers.values())
+    rows_run = sum(m["rows_in"] for m in ran)
+    stats = {
+        "stage": stage.name,
+        "executor": executor,
+        "table": stage.output_table,
+        "shards": len(markers),
+        "shards_run": len(ran),
+        "shards_skipped": len(markers) - len(ran),
+        "in": rows,
+        "ok": sum(m["ok"] for m in markers.values()),
+        "rejected": sum(m["rejected"] for m in markers.values()),
+        "reasons": dict(sorted(reasons.items())),
+        "wall_seconds": round(wall_s, 3),
+        "rows_run": rows_run,
+        "rows_per_s": round(rows_run / wall_s, 2) if rows_run and wall_s > 0 else None,
+    }
+    run.write_json(run.success_path(stage.output_table), {"shards": len(markers), "rows": rows})
+    run.write_json(run.path("stats", f"{stage.name}.json"), stats)
+    return stats

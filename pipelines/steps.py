@@ -1,0 +1,122 @@
+"""The steps a pipeline can list, each resumable: ``ingest``, ``profile``, ``select``.
+
+Every step writes ``RUN_DIR/stats/<step>.json`` and returns the same counters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from curation.ingest import iter_samples, materialize
+from curation.select import Recipe, select
+from infra.config import load_toml, to_dict
+from infra.storage import RunDir, shard_name
+from infra.tables import SAMPLES, conform
+from pipelines.config import IngestConfig, PipelineConfig, SelectConfig
+from pipelines.executors import get_executor
+from pipelines.executors.base import guard_settings
+
+
+def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Sources -> ``samples/`` shards of ``rows_per_shard`` rows; finished shards are kept."""
+    t0 = time.perf_counter()
+    settings = {"sources": [to_dict(s) for s in cfg.sources], "rows_per_shard": cfg.rows_per_shard}
+    guard_settings(run, "samples", settings)
+    if run.exists(run.success_path("samples")) and run.exists(run.path("stats", "ingest.json")):
+        return run.read_json(run.path("stats", "ingest.json")) | {"shards_run": 0}
+    done = run.completed("samples")
+    rows = itertools.chain.from_iterable(iter_samples(s) for s in cfg.sources)
+    seen: dict[str, str] = {}
+    by_source: Counter[str] = Counter()
+    written = captioned = 0
+    bar = tqdm(desc="ingest", unit="sample", disable=not progress)
+    for index in itertools.count():
+        chunk = list(itertools.islice(rows, cfg.rows_per_shard))
+        if not chunk:
+            break
+        for row in chunk:
+            if row["sample_id"] in seen:
+                raise ValueError(
+                    f"ingest: key {row['key']!r} of source {row['source']!r} occurs twice "
+                    f"(first at {seen[row['sample_id']]}); sample keys must be unique"
+                )
+            seen[row["sample_id"]] = row["uri"]
+            by_source[row["source"]] += 1
+            captioned += row["caption_alt"] is not None
+        if index not in done:
+            table = pa.Table.from_pylist([materialize(r) for r in chunk], schema=SAMPLES)
+            run.write_parquet("samples", shard_name(index), conform(table, SAMPLES, name="samples"))
+            run.write_json(run.marker_path("samples", index), {"shard": index, "rows": len(chunk)})
+            written += 1
+        bar.update(len(chunk))
+    bar.close()
+    shards = len(run.completed("samples"))
+    run.write_json(run.success_path("samples"), {"shards": shards, "rows": len(seen)})
+    stats = {
+        "stage": "ingest",
+        "in": len(seen),
+        "ok": len(seen),
+        "rejected": 0,
+        "with_caption": captioned,
+        "by_source": dict(sorted(by_source.items())),
+        "shards": shards,
+        "shards_run": written,
+        "shards_skipped": shards - written,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+    run.write_json(run.path("stats", "ingest.json"), stats)
+    return stats
+
+
+def profile(run: RunDir, cfg: PipelineConfig) -> dict[str, Any]:
+    ex = cfg.executor
+    options: dict[str, Any] = {"progress": ex.progress}
+    if ex.kind == "ray":
+        options |= {"address": ex.address, "num_cpus": ex.num_cpus}
+    return get_executor(ex.kind, **options).run_stage(cfg.profile, run)
+
+
+def select_step(run: RunDir, cfg: SelectConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    recipe = load_toml(Recipe, cfg.recipe, relative_paths=True)
+    out = cfg.out if ("://" in cfg.out or Path(cfg.out).is_absolute()) else run.path(cfg.out)
+    manifest = select(run, recipe, out, recipe_source=str(cfg.recipe))
+    stats = {
+        "stage": "select",
+        "recipe": str(cfg.recipe),
+        "out": out,
+        "in": manifest["totals"]["profiled_ok"],
+        "ok": manifest["totals"]["rows"],
+        "shards": manifest["totals"]["shards"],
+        "funnel": manifest["funnel"],
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+    run.write_json(run.path("stats", "select.json"), stats)
+    return stats
+
+
+def run_pipeline(
+    cfg: PipelineConfig, run: RunDir, *, on_step: Callable[[str, dict], None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run ``cfg.steps`` in order; each step resumes from what the run directory holds."""
+    results: dict[str, dict[str, Any]] = {}
+    for step in cfg.steps:
+        if step == "ingest":
+            assert cfg.ingest is not None
+            results[step] = ingest(run, cfg.ingest, progress=cfg.executor.progress)
+        elif step == "profile":
+            results[step] = profile(run, cfg)
+        elif step == "select":
+            assert cfg.select is not None
+            results[step] = select_step(run, cfg.select)
+        if on_step:
+            on_step(step, results[step])
+    return results

@@ -1,0 +1,76 @@
+"""What a finished run prints: where things are, counters per step, rejects by reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from infra.storage import RunDir
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_summary(run: RunDir, results: dict[str, dict[str, Any]], console: Console) -> None:
+    steps = Table(title="zfoundry run", title_justify="left")
+    for col in ("step", "in", "ok", "rejected", "shards (run/kept)", "seconds", "rows/s"):
+        steps.add_column(col, justify="left" if col == "step" else "right")
+    for name, s in results.items():
+        shards = s.get("shards")
+        if "shards_run" in s:
+            shards = f"{s['shards']} ({s['shards_run']}/{s.get('shards_skipped', 0)})"
+        steps.add_row(
+            name,
+            _fmt(s.get("in")),
+            _fmt(s.get("ok")),
+            _fmt(s.get("rejected")),
+            _fmt(shards),
+            _fmt(s.get("wall_seconds")),
+            _fmt(s.get("rows_per_s")),
+        )
+    console.print(steps)
+
+    reasons: dict[str, int] = {}
+    for s in results.values():
+        for reason, n in s.get("reasons", {}).items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    if reasons:
+        table = Table(title="rejects by reason", title_justify="left")
+        table.add_column("reason")
+        table.add_column("rows", justify="right")
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            table.add_row(reason, _fmt(n))
+        console.print(table)
+
+    if "select" in results:
+        funnel = Table(title="select funnel (rows left after each predicate)", title_justify="left")
+        funnel.add_column("predicate")
+        funnel.add_column("rows", justify="right")
+        for step in results["select"]["funnel"]:
+            funnel.add_row(step["predicate"], _fmt(step["rows"]))
+        console.print(funnel)
+
+    where = Table(show_header=False, title="where things are", title_justify="left")
+    where.add_column("what")
+    where.add_column("path")
+    where.add_row("run directory", run.location)
+    if "select" in results:
+        out = results["select"]["out"]
+        where.add_row("curated shards", out)
+        where.add_row("manifest", f"{out}/manifest.json")
+    where.add_row("rejects", run.path("rejects"))
+    where.add_row("counters", run.path("stats"))
+    console.print(where)
+    console.print(
+        f'Inspect with SQL: [bold]zfoundry query {run.location} "SELECT reason, count(*) '
+        f'FROM rejects GROUP BY reason"[/bold]'
+    )
