@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infra.config import require
@@ -166,11 +167,20 @@ def _iter_parquet(src: Source) -> Iterator[dict[str, Any]]:
         if src.key_column and src.key_column not in names:
             raise ValueError(f"{file}: key_column={src.key_column!r} not among columns {names}")
         rel = file.relative_to(root).as_posix() if root.is_dir() else file.name
+        used = {src.image_column, src.uri_column, src.caption_column}
+        columns = [f.name for f in pf.schema_arrow if f.name in used or not _has_binary(f.type)]
         row_index = 0
-        for batch in pf.iter_batches(batch_size=256):
+        for batch in pf.iter_batches(batch_size=256, columns=columns):
             for rec in batch.to_pylist():
                 yield _parquet_row(src, rec, rel, row_index, file)
                 row_index += 1
+
+
+def _has_binary(tp: pa.DataType) -> bool:
+    """Binary payloads (other image columns, embeddings as bytes) stay out of ``meta``."""
+    if pa.types.is_binary(tp) or pa.types.is_large_binary(tp) or pa.types.is_fixed_size_binary(tp):
+        return True
+    return any(_has_binary(tp.field(i).type) for i in range(tp.num_fields))
 
 
 def _parquet_row(src: Source, rec: dict, rel: str, i: int, file: Path) -> dict[str, Any]:
@@ -180,7 +190,7 @@ def _parquet_row(src: Source, rec: dict, rel: str, i: int, file: Path) -> dict[s
     uri = rec.pop(src.uri_column, None) if src.uri_column else None
     caption = rec.pop(src.caption_column, None) if src.caption_column else None
     key = str(rec[src.key_column]) if src.key_column else f"{rel}#{i}"
-    meta = {k: v for k, v in rec.items() if not isinstance(v, bytes | bytearray)}
+    meta = rec
     if uri is None:
         uri = f"{file.as_posix()}#{i}"  # where the inline bytes came from
     return _row(src.source_name, key, str(uri), image, caption, meta)

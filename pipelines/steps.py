@@ -30,8 +30,12 @@ def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str
     t0 = time.perf_counter()
     settings = {"sources": [to_dict(s) for s in cfg.sources], "rows_per_shard": cfg.rows_per_shard}
     guard_settings(run, "samples", settings)
-    if run.exists(run.success_path("samples")) and run.exists(run.path("stats", "ingest.json")):
-        return run.read_json(run.path("stats", "ingest.json")) | {"shards_run": 0}
+    stats_path = run.path("stats", "ingest.json")
+    if run.exists(run.success_path("samples")) and run.exists(stats_path):
+        before = run.read_json(stats_path)  # complete: nothing is read again
+        stats = before | {"shards_run": 0, "shards_skipped": before["shards"], "wall_seconds": 0.0}
+        run.write_json(stats_path, stats)
+        return stats
     done = run.completed("samples")
     rows = itertools.chain.from_iterable(iter_samples(s) for s in cfg.sources)
     seen: dict[str, str] = {}

@@ -3,7 +3,7 @@
 Error codes (the ``error`` column and ``rejects.reason``):
 
 - ``empty_file``       zero bytes
-- ``read_failed``      the bytes could not be read from the sample's ``uri``
+- ``read_failed``      (set by the profile stage) the bytes could not be read from ``uri``
 - ``not_an_image``     no image format recognised (text, HTML, ...)
 - ``too_many_pixels``  width x height above the limit, refused before decoding
 - ``truncated``        the data ends early (never decoded with filler)
@@ -55,6 +55,16 @@ def _stored_depth(data: bytes, fmt: str, im: Image.Image) -> tuple[int, int]:
     return len(im.getbands()), _MODE_BITS.get(im.mode, 8)
 
 
+_ENDED_EARLY = ("truncated", "end of file", "unexpected end")
+
+
+def _classify(err: Exception) -> DecodeError:
+    """``truncated`` when the decoder says the data ended early, else ``decode_failed``."""
+    message = f"{type(err).__name__}: {err}"
+    ended = isinstance(err, OSError) and any(m in str(err).lower() for m in _ENDED_EARLY)
+    return DecodeError("truncated" if ended else "decode_failed", message)
+
+
 def decode(data: bytes, *, max_pixels: int) -> Decoded:
     """Decode the first frame of ``data`` or raise :class:`DecodeError`."""
     if not data:
@@ -68,8 +78,8 @@ def decode(data: bytes, *, max_pixels: int) -> Decoded:
         raise DecodeError("not_an_image", f"unrecognised format, starts with {head!r}") from None
     except Image.DecompressionBombError as err:
         raise DecodeError("too_many_pixels", str(err)) from None
-    except Exception as err:  # a malformed header
-        raise DecodeError("decode_failed", f"{type(err).__name__}: {err}") from None
+    except Exception as err:  # a malformed or cut-off header
+        raise _classify(err) from None
 
     width, height = im.size
     if width * height > max_pixels:
@@ -82,12 +92,8 @@ def decode(data: bytes, *, max_pixels: int) -> Decoded:
         if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone enabled filler decoding process-wide
             raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to decode")
         im.load()
-    except OSError as err:
-        message = str(err)
-        code = "truncated" if "truncated" in message or "end of file" in message else None
-        raise DecodeError(code or "decode_failed", f"{type(err).__name__}: {message}") from None
     except Exception as err:
-        raise DecodeError("decode_failed", f"{type(err).__name__}: {err}") from None
+        raise _classify(err) from None
     channels, bit_depth = _stored_depth(data, fmt, im)
     try:
         shown = ImageOps.exif_transpose(im)
@@ -97,9 +103,10 @@ def decode(data: bytes, *, max_pixels: int) -> Decoded:
 
 
 def to_rgb8(im: Image.Image) -> Image.Image:
-    """8-bit RGB for the metrics. Transparency is composited over white; deep greyscale
-    (``I;16``, ``I``, ``F``) is scaled down to 8 bits rather than clipped."""
-    if im.mode == "RGB":
+    """8-bit RGB for the metrics. Transparency (alpha or a tRNS colour key) is composited
+    over white; 16-bit greyscale is scaled by 1/257 (``I`` too when it exceeds 255); ``F``
+    is clipped to 0..255."""
+    if im.mode == "RGB" and "transparency" not in im.info:
         return im
     if im.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
         arr = np.asarray(im)

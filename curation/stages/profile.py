@@ -61,7 +61,7 @@ class ProfileStage(Stage):
         return pa.Table.from_pylist(rows, schema=_OUTPUT)
 
     def profile_one(self, sample_id: str, uri: str, data: bytes | None) -> dict[str, Any]:
-        row: dict[str, Any] = {"sample_id": sample_id}
+        row: dict[str, Any] = {"sample_id": sample_id, "error": None}
         if data is None:
             try:
                 data = read_bytes(uri)

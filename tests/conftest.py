@@ -1,0 +1,44 @@
+"""Shared fixtures: a local Ray instance per session, run directories, sample data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs) for every test that needs it."""
+    ray = pytest.importorskip("ray")
+    from pipelines.executors.ray_data import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def edge_dir(tmp_path_factory) -> Path:
+    from curation.edge_cases import write_edge_cases
+
+    out = tmp_path_factory.mktemp("edge_cases")
+    write_edge_cases(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def coco_dir() -> Path:
+    path = SHARED_DATA / "coco-mini"
+    if not path.is_dir():
+        pytest.skip(f"shared sample data not found at {path}")
+    return path
