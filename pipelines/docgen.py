@@ -1,0 +1,70 @@
+"""Generate the config reference in docs/usage.md from the config dataclasses themselves.
+
+``python -m pipelines.docgen`` rewrites the block between the markers; a test checks that
+the committed docs equal what this prints, so the reference cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import typing
+from pathlib import Path
+
+from curation.ingest import Source
+from curation.select import Recipe, Sampling
+from curation.stages.profile import ProfileStage
+from infra.config import field_docs
+from pipelines.config import ExecutorConfig, IngestConfig, PipelineConfig, SelectConfig
+
+SECTIONS = [
+    ("Pipeline file: top level", PipelineConfig),
+    ("Pipeline file: `[executor]`", ExecutorConfig),
+    ("Pipeline file: `[ingest]`", IngestConfig),
+    ("Pipeline file: `[[ingest.sources]]`", Source),
+    ("Pipeline file: `[profile]`", ProfileStage),
+    ("Pipeline file: `[select]`", SelectConfig),
+    ("Recipe: top level", Recipe),
+    ("Recipe: `[sampling]`", Sampling),
+]
+START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
+
+
+def _type_name(tp: object) -> str:
+    text = re.sub(r"<class '([\w.]+)'>", r"\1", str(tp)).replace("typing.", "")
+    text = re.sub(r"\b(?:[a-z_]+\.)+([A-Z]\w*)", r"\1", text)  # drop module paths
+    return text.replace("|", "\\|")
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return f"`{f.default!r}`"
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        return "(table)" if dataclasses.is_dataclass(value) else f"`{value!r}`"
+    return "required"
+
+
+def config_reference() -> str:
+    out = [START]
+    for title, cls in SECTIONS:
+        docs, hints = field_docs(cls), typing.get_type_hints(cls)
+        out += ["", f"### {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            if f.init:
+                doc = " ".join(docs.get(f.name, "").split()).replace("``", "`")
+                out.append(f"| `{f.name}` | `{_type_name(hints[f.name])}` | {_default(f)} | {doc} |")
+    return "\n".join([*out, "", END])
+
+
+def render(text: str) -> str:
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    return head + config_reference() + tail
+
+
+if __name__ == "__main__":
+    USAGE.write_text(render(USAGE.read_text()))
+    sys.stdout.write(f"updated {USAGE}\n")
