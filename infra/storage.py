@@ -157,15 +157,6 @@ def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> Non
             fs.delete_file(tmp)
 
 
-def read_parquet(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(path, filesystem=fs, columns=columns)
-
-
-def local_path(location: str | Path) -> Path:
-    """A local filesystem path (for outputs that must be local, e.g. printed locations)."""
-    return Path(location).expanduser().resolve()
-
-
 def read_bytes(uri: str) -> bytes:
     """All bytes at a local path or filesystem URI (``s3://``, ``gs://``, ``file://``)."""
     fs, path = resolve_uri(uri[len("file://") :] if uri.startswith("file://") else uri)

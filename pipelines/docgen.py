@@ -55,7 +55,8 @@ def config_reference() -> str:
         for f in dataclasses.fields(cls):
             if f.init:
                 doc = " ".join(docs.get(f.name, "").split()).replace("``", "`")
-                out.append(f"| `{f.name}` | `{_type_name(hints[f.name])}` | {_default(f)} | {doc} |")
+                kind = _type_name(hints[f.name])
+                out.append(f"| `{f.name}` | `{kind}` | {_default(f)} | {doc} |")
     return "\n".join([*out, "", END])
 
 

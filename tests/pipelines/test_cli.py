@@ -102,3 +102,19 @@ def test_cli_override_is_validated(tmp_path):
     args = ["run", str(EXAMPLES / "quickstart.toml"), "--run", str(tmp_path / "r")]
     res = runner.invoke(app, [*args, "--set", "profile.jpeg_quality=200"])
     assert res.exit_code == 2 and "jpeg_quality" in res.output and "200" in res.output
+
+
+def test_step_commands_ingest_then_profile_on_ray(tmp_path, edge_dir, ray_local):
+    run_dir = str(tmp_path / "run")
+    res = runner.invoke(app, ["ingest", str(edge_dir), "--run", run_dir, "--rows-per-shard", "4"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["profile", run_dir, "--executor", "ray", "--set", "jpeg_quality=80"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "run" / "stats" / "profile.json").read_text())
+    assert stats["executor"] == "ray" and stats["shards"] == 5 and stats["rejected"] == N_BAD
+    settings = json.loads((tmp_path / "run" / "profiles" / "_settings.json").read_text())
+    assert settings["jpeg_quality"] == 80
+    res = runner.invoke(
+        app, ["profile", run_dir, "--executor", "local", "--set", "jpeg_quality=90"]
+    )
+    assert res.exit_code == 2 and "other settings" in res.output
