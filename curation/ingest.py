@@ -193,4 +193,6 @@ def _parquet_row(src: Source, rec: dict, rel: str, i: int, file: Path) -> dict[s
     meta = rec
     if uri is None:
         uri = f"{file.as_posix()}#{i}"  # where the inline bytes came from
+    elif "://" not in str(uri) and not os.path.isabs(str(uri)):
+        uri = (file.parent / str(uri)).resolve().as_posix()  # relative to the Parquet file
     return _row(src.source_name, key, str(uri), image, caption, meta)

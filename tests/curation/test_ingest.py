@@ -82,7 +82,7 @@ def test_parquet_source_bytes_struct_and_uri(tmp_path):
             "id": ["x", "y", "z"],
             "image": [data[0], None, None],
             "hf": [{"bytes": data[0], "path": None}] * 3,
-            "url": [None, str(PHOTOS[1]), str(tmp_path / "missing.jpg")],
+            "url": [None, str(PHOTOS[1]), "missing.jpg"],  # relative: next to the file
             "text": ["one", "two", None],
             "score": [0.5, 0.7, 0.9],
         }
@@ -100,6 +100,7 @@ def test_parquet_source_bytes_struct_and_uri(tmp_path):
     rows = by_key(run, "samples")
     assert rows["x"]["image"] == data[0] and rows["y"]["image"] is None
     assert rows["y"]["uri"] == str(PHOTOS[1])
+    assert rows["z"]["uri"] == str((tmp_path / "missing.jpg").resolve())
     assert rows["x"]["caption_alt"] == "one"
     assert json.loads(rows["y"]["meta"]) == {"id": "y", "score": 0.7}  # no binary columns
     profile(run)
