@@ -23,6 +23,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 # Pillow's hard refusal is at 2 x MAX_IMAGE_PIXELS (DecompressionBombError).
 PILLOW_HARD_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 
+ORIENTATION = 0x0112  # EXIF tag
 # Bands and bits per band for modes as Pillow stores them in memory.
 _MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 # PNG colour type -> channels (IHDR tells the true bit depth; Pillow reduces RGB16 to 8 bits).
@@ -95,8 +96,9 @@ def decode(data: bytes, *, max_pixels: int) -> Decoded:
     except Exception as err:
         raise _classify(err) from None
     channels, bit_depth = _stored_depth(data, fmt, im)
-    try:
-        shown = ImageOps.exif_transpose(im)
+    try:  # exif_transpose copies even unrotated images: call it only when needed
+        rotated = im.getexif().get(ORIENTATION, 1) not in (1, None)
+        shown = ImageOps.exif_transpose(im) if rotated else im
     except Exception:  # unreadable EXIF: show the image as stored
         shown = im
     return Decoded(shown, fmt, mode, n_frames, channels, bit_depth)

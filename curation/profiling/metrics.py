@@ -2,8 +2,8 @@
 
 All take the displayed image at full resolution as 8-bit RGB (``decode.to_rgb8``) or its
 luminance, except pHash, which defines its own 32x32 downscale. Costs are kept near the
-decode floor: channel statistics come from Pillow's C histograms, and the two 3x3 filters
-run over row strips so memory stays bounded on very large images.
+decode floor: channel statistics come from one Pillow C histogram, and the two 3x3 filters
+run as one fused numba pass (compiled once per process, cached on disk).
 """
 
 from __future__ import annotations
@@ -11,21 +11,30 @@ from __future__ import annotations
 import io
 import math
 
-import imagehash
+import numba
 import numpy as np
-from PIL import Image, ImageStat
-
-STRIP_ROWS = 512  # rows per strip for the 3x3 filters (bounded working memory)
+import scipy.fftpack
+from PIL import Image
 
 # BT.601 chroma rows (JPEG's YCbCr): Cb, Cr as linear functions of R, G, B.
 _CB = np.array([-0.168736, -0.331264, 0.5])
 _CR = np.array([0.5, -0.418688, -0.081312])
 
 
-def phash(im: Image.Image) -> int:
+def phash(luma: Image.Image) -> int:
     """imagehash's 64-bit DCT pHash as an unsigned int, in the bit order of its hex string,
-    so ``imagehash.hex_to_hash(f"{v:016x}")`` recovers the same ImageHash."""
-    return int(str(imagehash.phash(im)), 16)
+    so ``imagehash.hex_to_hash(f"{v:016x}")`` recovers the same ImageHash.
+
+    Same steps as ``imagehash.phash`` (32x32 Lanczos downscale of the luma, 2-D DCT-II,
+    top-left 8x8 above its median) without its extra full-size copy; a test checks the two
+    agree bit for bit.
+    """
+    if luma.mode != "L":
+        luma = luma.convert("L")
+    pixels = np.asarray(luma.resize((32, 32), Image.Resampling.LANCZOS))
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8]
+    bits = (dct > np.median(dct)).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
 
 
 def compression_ratio(width: int, height: int, channels: int, bit_depth: int, n: int) -> float:
@@ -52,29 +61,52 @@ def border_variance(rgb: Image.Image, border: int) -> float:
         boxes = [(0, 0, w, h)]
     else:  # top, bottom, then left and right without the corners
         boxes = [(0, 0, w, b), (0, h - b, w, h), (0, b, b, h - b), (w - b, b, w, h - b)]
-    n = np.zeros(3)
-    s = np.zeros(3)
-    s2 = np.zeros(3)
-    for box in boxes:
-        st = ImageStat.Stat(rgb.crop(box))
-        n += np.asarray(st.count, dtype=np.float64)
-        s += np.asarray(st.sum)
-        s2 += np.asarray(st.sum2)
-    var = s2 / n - (s / n) ** 2
+    hist = sum(np.asarray(rgb.crop(box).histogram(), dtype=np.float64) for box in boxes)
+    hist = hist.reshape(3, 256)  # per channel: variance = E[x^2] - E[x]^2 over the counts
+    n = hist.sum(axis=1)
+    levels = np.arange(256.0)
+    mean = hist @ levels / n
+    var = hist @ (levels * levels) / n - mean * mean
     return float(np.maximum(var, 0.0).mean())
 
 
-def color_cast(rgb: Image.Image) -> float:
+def _histogram(rgb: Image.Image | list[int]) -> list[int]:
+    """R, G, B histograms (3 x 256 counts); pass one in to share it between metrics."""
+    return rgb.histogram() if isinstance(rgb, Image.Image) else rgb
+
+
+def color_cast(rgb: Image.Image | list[int]) -> float:
     """Length of the mean (Cb, Cr) chroma offset, in 8-bit chroma levels (0 = neutral)."""
-    mean = np.asarray(ImageStat.Stat(rgb).mean)
+    hist = np.asarray(_histogram(rgb), dtype=np.float64).reshape(3, 256)
+    mean = hist @ np.arange(256.0) / hist.sum(axis=1)
     return float(math.hypot(_CB @ mean, _CR @ mean))
 
 
-def saturated_fraction(rgb: Image.Image) -> float:
+def saturated_fraction(rgb: Image.Image | list[int]) -> float:
     """Fraction of R, G, B samples clipped at 0 or 255 (crushed shadows, blown highlights)."""
-    hist = rgb.histogram()  # 3 x 256 counts
+    hist = _histogram(rgb)
     clipped = sum(hist[c * 256] + hist[c * 256 + 255] for c in range(3))
-    return clipped / (3 * rgb.width * rgb.height)
+    return clipped / sum(hist)
+
+
+@numba.njit(cache=True, nogil=True)
+def _laplacian_noise_sums(a: np.ndarray) -> tuple[float, float, float]:
+    """One pass over interior pixels: sum and sum of squares of the 4-neighbour Laplacian,
+    and sum of |I * N| for Immerkaer's mask. Integer terms, exact float64 sums."""
+    h, w = a.shape
+    s = s2 = na = 0.0
+    for y in range(1, h - 1):
+        up, mid, dn = a[y - 1], a[y], a[y + 1]
+        for x in range(1, w - 1):
+            c = np.int32(mid[x])
+            dxx_mid = np.int32(mid[x - 1]) + np.int32(mid[x + 1]) - 2 * c
+            dxx_up = np.int32(up[x - 1]) + np.int32(up[x + 1]) - 2 * np.int32(up[x])
+            dxx_dn = np.int32(dn[x - 1]) + np.int32(dn[x + 1]) - 2 * np.int32(dn[x])
+            lap = dxx_mid + np.int32(up[x]) + np.int32(dn[x]) - 2 * c
+            s += lap
+            s2 += lap * lap
+            na += abs(dxx_up + dxx_dn - 2 * dxx_mid)  # N is separable: d2/dy2 of d2/dx2
+    return s, s2, na
 
 
 def laplacian_and_noise(luma: np.ndarray) -> tuple[float, float]:
@@ -83,28 +115,20 @@ def laplacian_and_noise(luma: np.ndarray) -> tuple[float, float]:
     sharpness: variance of the 4-neighbour Laplacian (low = blurry).
     noise_sigma: Immerkaer's fast estimate (1996), sqrt(pi/2) / (6 (W-2)(H-2)) * sum |I * N|
     with N = [[1,-2,1],[-2,4,-2],[1,-2,1]], in 8-bit grey levels.
-    Both are 0.0 for images narrower or shorter than 3 px.
+    Both are 0.0 for images narrower or shorter than 3 px. One fused pass (numba), no
+    temporaries, so memory stays flat on very large images.
     """
     h, w = luma.shape
     if h < 3 or w < 3:
         return 0.0, 0.0
-    lap_sum = lap_sq = noise_abs = 0.0
-    for top in range(0, h - 2, STRIP_ROWS):
-        strip = luma[top : min(top + STRIP_ROWS + 2, h)].astype(np.float32)
-        dxx = strip[:, :-2] - 2.0 * strip[:, 1:-1] + strip[:, 2:]  # (r, w-2)
-        dyy = strip[:-2, 1:-1] - 2.0 * strip[1:-1, 1:-1] + strip[2:, 1:-1]  # (r-2, w-2)
-        lap = dxx[1:-1] + dyy
-        lap_sum += float(lap.sum(dtype=np.float64))
-        lap_sq += float(np.einsum("ij,ij->", lap, lap, dtype=np.float64))
-        noise = dxx[:-2] - 2.0 * dxx[1:-1] + dxx[2:]  # separable N = d2/dy2 of d2/dx2
-        noise_abs += float(np.abs(noise).sum(dtype=np.float64))
+    s, s2, na = _laplacian_noise_sums(np.ascontiguousarray(luma, dtype=np.uint8))
     n = (h - 2) * (w - 2)
-    mean = lap_sum / n
-    sharpness = max(lap_sq / n - mean * mean, 0.0)
-    noise_sigma = math.sqrt(math.pi / 2.0) * noise_abs / (6.0 * n)
+    mean = s / n
+    sharpness = max(s2 / n - mean * mean, 0.0)
+    noise_sigma = math.sqrt(math.pi / 2.0) * na / (6.0 * n)
     return sharpness, noise_sigma
 
 
-def luminance(rgb: Image.Image) -> np.ndarray:
-    """BT.601 luma as uint8 (Pillow's C conversion)."""
-    return np.asarray(rgb.convert("L"))
+def luminance(rgb: Image.Image) -> Image.Image:
+    """BT.601 luma as an 8-bit ``L`` image (Pillow's C conversion)."""
+    return rgb.convert("L")

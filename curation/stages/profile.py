@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from curation.profiling import metrics
@@ -81,7 +82,9 @@ class ProfileStage(Stage):
         d = decode(data, max_pixels=self.max_pixels)
         width, height = d.image.size
         rgb = to_rgb8(d.image)
-        sharpness, noise_sigma = metrics.laplacian_and_noise(metrics.luminance(rgb))
+        luma = metrics.luminance(rgb)  # shared by pHash and the 3x3 filters
+        hist = rgb.histogram()  # shared by colour cast and clipping
+        sharpness, noise_sigma = metrics.laplacian_and_noise(np.asarray(luma))
         return {
             "width": width,
             "height": height,
@@ -90,7 +93,7 @@ class ProfileStage(Stage):
             "n_frames": d.n_frames,
             "bit_depth": d.bit_depth,
             "aspect_ratio": width / height,
-            "phash": metrics.phash(rgb),
+            "phash": metrics.phash(luma),
             "compression_ratio": metrics.compression_ratio(
                 width, height, d.channels, d.bit_depth, len(data)
             ),
@@ -98,6 +101,6 @@ class ProfileStage(Stage):
             "border_variance": metrics.border_variance(rgb, self.border_width),
             "sharpness": sharpness,
             "noise_sigma": noise_sigma,
-            "color_cast": metrics.color_cast(rgb),
-            "saturated_fraction": metrics.saturated_fraction(rgb),
+            "color_cast": metrics.color_cast(hist),
+            "saturated_fraction": metrics.saturated_fraction(hist),
         }
