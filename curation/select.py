@@ -8,7 +8,6 @@ bytes. Samples whose profile has an ``error`` are never selected.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -20,7 +19,14 @@ import pyarrow.fs as pafs
 
 from infra import catalog
 from infra.config import ConfigError, require, to_dict
-from infra.storage import RunDir, read_bytes, resolve_uri, shard_name, write_parquet_atomic
+from infra.storage import (
+    RunDir,
+    read_bytes,
+    resolve_uri,
+    shard_name,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 from infra.tables import SHARD, conform
 
 MANIFEST_FORMAT = "zfoundry.manifest/1"
@@ -158,23 +164,13 @@ def _write_shard(fs, root: str, index: int, table: pa.Table) -> dict[str, Any]:
             table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())
         )
     table = conform(table.drop_columns(["uri"]), SHARD, name="shard")
-    path = f"{root}/{shard_name(index)}"
-    write_parquet_atomic(fs, path, table)
-    with fs.open_input_stream(path) as f:
-        data = f.read()
-    return {
-        "path": shard_name(index),
-        "rows": table.num_rows,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    written = write_parquet_atomic(fs, f"{root}/{shard_name(index)}", table)
+    return {"path": shard_name(index), **written}
 
 
 def _write_manifest(fs, root: str, manifest: dict) -> None:
-    tmp = f"{root}/_tmp-manifest.json"
-    with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n")
-    fs.move(tmp, f"{root}/manifest.json")
+    data = json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n"
+    write_bytes_atomic(fs, f"{root}/manifest.json", data)
 
 
 def _delete_stale(fs, root: str, keep: set[str]) -> None:

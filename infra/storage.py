@@ -9,6 +9,7 @@ local paths and object-store URIs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -106,18 +107,13 @@ class RunDir:
         return dict(sorted(done.items()))
 
     # writes ----------------------------------------------------------------------------
-    def write_parquet(self, table_name: str, file_name: str, table: pa.Table) -> str:
-        """Write ``table`` to ``RUN_DIR/table_name/file_name`` via a temp name + rename."""
-        final = self.path(table_name, file_name)
-        write_parquet_atomic(self.fs, final, table)
-        return final
+    def write_parquet(self, table_name: str, file_name: str, table: pa.Table) -> dict[str, Any]:
+        """Write ``table`` to ``RUN_DIR/table_name/file_name``; returns rows, bytes, sha256."""
+        return write_parquet_atomic(self.fs, self.path(table_name, file_name), table)
 
     def write_json(self, path: str, payload: Any) -> None:
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        tmp = _tmp_sibling(path)
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(json.dumps(payload, indent=2, sort_keys=True).encode() + b"\n")
-        self.fs.move(tmp, path)
+        data = json.dumps(payload, indent=2, sort_keys=True).encode() + b"\n"
+        write_bytes_atomic(self.fs, path, data)
 
     def read_json(self, path: str) -> Any:
         with self.fs.open_input_stream(path) as f:
@@ -134,23 +130,35 @@ def _tmp_sibling(path: str) -> str:
     return f"{head}/_tmp-{uuid.uuid4().hex[:12]}-{tail}"
 
 
-def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    """Deterministic Parquet bytes for the same table; readers never see a partial file."""
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = _tmp_sibling(path)
+def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> dict[str, Any]:
+    """Write deterministic Parquet bytes; readers never see a partial file.
+
+    The file is encoded in memory, hashed, written under a ``_tmp-`` name and renamed.
+    Returns ``{"rows", "bytes", "sha256"}`` of the file.
+    """
     compression = {
         name: ("none" if name in BINARY_COLUMNS else "zstd") for name in table.column_names
     }
     dictionary = [n for n in table.column_names if n not in BINARY_COLUMNS]
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression=compression,
+        use_dictionary=dictionary,
+        row_group_size=ROW_GROUP_ROWS,
+    )
+    data = sink.getvalue()
+    write_bytes_atomic(fs, path, data)
+    return {"rows": table.num_rows, "bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = _tmp_sibling(path)
     try:
-        pq.write_table(
-            table,
-            tmp,
-            filesystem=fs,
-            compression=compression,
-            use_dictionary=dictionary,
-            row_group_size=ROW_GROUP_ROWS,
-        )
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
         fs.move(tmp, path)
     finally:
         if fs.get_file_info(tmp).type != pafs.FileType.NotFound:

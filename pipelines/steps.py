@@ -57,8 +57,9 @@ def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str
             captioned += row["caption_alt"] is not None
         if index not in done:
             table = pa.Table.from_pylist([materialize(r) for r in chunk], schema=SAMPLES)
-            run.write_parquet("samples", shard_name(index), conform(table, SAMPLES, name="samples"))
-            run.write_json(run.marker_path("samples", index), {"shard": index, "rows": len(chunk)})
+            table = conform(table, SAMPLES, name="samples")
+            info = run.write_parquet("samples", shard_name(index), table)
+            run.write_json(run.marker_path("samples", index), {"shard": index, **info})
             written += 1
         bar.update(len(chunk))
     bar.close()

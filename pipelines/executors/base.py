@@ -53,6 +53,8 @@ def guard_settings(run: RunDir, table: str, settings: dict[str, Any]) -> None:
 class ShardJob:
     index: int
     input_path: str
+    input_sha256: str
+    """Content hash of the input shard (from its marker): completion is keyed by it."""
 
 
 def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
@@ -67,7 +69,9 @@ def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
     inputs = run.completed(stage.input_table)
     done = run.completed(stage.output_table)
     jobs = [
-        ShardJob(i, run.path(stage.input_table, shard_name(i))) for i in inputs if i not in done
+        ShardJob(i, run.path(stage.input_table, shard_name(i)), marker["sha256"])
+        for i, marker in inputs.items()
+        if done.get(i, {}).get("input_sha256") != marker["sha256"]  # missing, or input changed
     ]
     return jobs, len(inputs)
 
@@ -114,11 +118,13 @@ def run_shard(stage: Stage, run: RunDir, job: ShardJob) -> dict[str, Any]:
         run.write_parquet("rejects", rejects_file.rsplit("/", 1)[1], rejects)
     else:
         run.delete([rejects_file])  # a stale file from an interrupted earlier attempt
-    run.write_parquet(stage.output_table, shard_name(job.index), main)
+    written = run.write_parquet(stage.output_table, shard_name(job.index), main)
     reasons = collections.Counter(rejects.column("reason").to_pylist())
     stats = {
         "shard": job.index,
         "input": job.input_path,
+        "input_sha256": job.input_sha256,
+        "sha256": written["sha256"],
         "rows_in": rows_in,
         "ok": rows_in - rejects.num_rows,
         "rejected": rejects.num_rows,
@@ -134,6 +140,10 @@ def finish(
 ) -> dict[str, Any]:
     """Mark the output table complete and write ``stats/<stage>.json`` over all shards."""
     markers = run.completed(stage.output_table)
+    inputs = run.completed(stage.input_table)
+    stale = [i for i, m in markers.items() if m.get("input_sha256") != inputs[i]["sha256"]]
+    if stale or len(markers) != len(inputs):
+        raise RuntimeError(f"{stage.output_table}/: shards {stale} do not match their inputs")
     reasons: collections.Counter[str] = collections.Counter()
     for m in markers.values():
         reasons.update(m["reasons"])

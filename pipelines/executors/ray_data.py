@@ -23,10 +23,7 @@ from pipelines.executors.base import ShardJob, finish, plan, run_shard
 def _run_jobs(batch: pa.Table, stage: Stage, run: RunDir, ready: bool = False) -> pa.Table:
     if not ready:
         stage.setup()  # task mode: cheap CPU setup, once per task
-    stats = [
-        run_shard(stage, run, ShardJob(int(i), str(p)))
-        for i, p in zip(batch["index"].to_pylist(), batch["input_path"].to_pylist(), strict=True)
-    ]
+    stats = [run_shard(stage, run, ShardJob(**row)) for row in batch.to_pylist()]
     return pa.table({"stats": [json.dumps(s) for s in stats]})
 
 
@@ -86,7 +83,10 @@ class RayExecutor:
             ensure_ray(self.address, self.num_cpus)
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = self.progress
-            items = [{"index": j.index, "input_path": j.input_path} for j in jobs]
+            items = [
+                {"index": j.index, "input_path": j.input_path, "input_sha256": j.input_sha256}
+                for j in jobs
+            ]
             ds = ray.data.from_items(items, override_num_blocks=len(items))
             res = stage.resources
             remote: dict[str, Any] = {"num_cpus": res.cpus}

@@ -78,3 +78,32 @@ def test_profile_needs_a_complete_samples_table(tmp_path):
 
     with pytest.raises(StageInputMissing, match="samples"):
         get_executor("local", progress=False).run_stage(ProfileStage(), RunDir(tmp_path / "r"))
+
+
+def test_completion_is_keyed_by_input_content(tmp_path, pool):
+    import pyarrow.parquet as pq
+
+    from infra.storage import shard_name
+
+    run = ingest_folders(tmp_path / "run", pool / "edge", rows_per_shard=6)
+    profile(run)
+    before = run.completed("profiles")
+    table = pq.read_table(run.path("samples", shard_name(1)))
+    table = table.set_column(
+        table.schema.get_field_index("caption_alt"), "caption_alt", [["changed"] * len(table)]
+    )
+    info = run.write_parquet("samples", shard_name(1), table)  # what a re-ingest would do
+    run.write_json(run.marker_path("samples", 1), {"shard": 1, **info})
+    stats = profile(run)
+    assert stats["shards_run"] == 1
+    after = run.completed("profiles")
+    assert after[1]["input_sha256"] == info["sha256"] != before[1]["input_sha256"]
+    assert {i: m for i, m in after.items() if i != 1} == {i: m for i, m in before.items() if i != 1}
+
+
+def test_two_runs_are_byte_identical(tmp_path, pool):
+    runs = [ingest_folders(tmp_path / f"r{i}", pool / "edge", rows_per_shard=4) for i in (1, 2)]
+    for r in runs:
+        profile(r)
+    for table in ("samples", "profiles", "rejects"):
+        assert _files(runs[0], table) == _files(runs[1], table)
