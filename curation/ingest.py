@@ -1,6 +1,6 @@
 """Ingest: raw pools -> the ``samples`` table. Registers every file; never judges content.
 
-Sources:
+Sources are local paths or filesystem URIs (``s3://``, ``gs://``; read through pyarrow):
 
 - **folder**: every file under the tree is a sample, except sidecars: ``stem.txt``
   (caption -> ``caption_alt``) and ``stem.json`` (a JSON object -> ``meta``) next to a
@@ -8,28 +8,37 @@ Sources:
   sample of its own (profiling will reject it).
 - **parquet**: a Parquet file or folder with an image-bytes column (binary, or a
   ``{bytes, path}`` struct as Hugging Face datasets stores images) and/or a URI column;
-  the caption column -> ``caption_alt``; every other scalar column -> ``meta``.
+  the caption column -> ``caption_alt``; every other non-binary column -> ``meta``.
+- **webdataset**: ``.tar`` shards (WebDataset / img2dataset output). Members sharing a key
+  (the member path up to the first dot of its file name) form a group; ``key.txt`` is the
+  caption, ``key.json`` the metadata (its ``caption`` field when there is no ``.txt``), and
+  every other member is a sample with ``meta.__key__`` / ``meta.__url__`` kept. A tar cut
+  off mid-file keeps every complete member and warns.
 
-``sample_id`` = first 24 hex digits of sha256(source name + key), where key is the
-path relative to the source root (folders) or the key column / ``file#row`` (Parquet),
-so it is stable across runs and machines.
+``sample_id`` = first 24 hex digits of sha256(source name + key), where key is the path
+relative to the source root (folders, tars: ``shard.tar/member``) or the key column /
+``file#row`` (Parquet), so it is stable across runs, machines and storage locations.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
+import posixpath
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from infra.config import require
+from infra.config import Location, require
+from infra.storage import resolve_uri
 
+log = logging.getLogger(__name__)
 SIDECAR_EXTENSIONS = (".txt", ".json")
 
 
@@ -37,13 +46,15 @@ SIDECAR_EXTENSIONS = (".txt", ".json")
 class Source:
     """One raw pool to ingest."""
 
-    path: Path
-    """A folder of images, or a Parquet file / folder of Parquet files."""
+    path: Location
+    """A folder of images, a Parquet file or folder, or WebDataset ``.tar`` shards: a local
+    path or a URI (``s3://bucket/prefix``)."""
     name: str | None = None
     """Source name stored in ``samples.source`` and hashed into ``sample_id``
     (default: the folder or file name)."""
-    kind: Literal["auto", "folder", "parquet"] = "auto"
-    """How to read ``path``; ``auto`` picks parquet for ``.parquet`` files and folders of them."""
+    kind: Literal["auto", "folder", "parquet", "webdataset"] = "auto"
+    """How to read ``path``; ``auto``: ``.tar`` files -> webdataset, else ``.parquet`` files ->
+    parquet, else folder."""
     inline: bool = True
     """Folders: copy image bytes into ``samples.image`` (else only ``uri`` is kept)."""
     image_column: str | None = "image"
@@ -56,20 +67,44 @@ class Source:
     """Parquet: column with a unique key per row (default: ``file_name#row``)."""
 
     def __post_init__(self) -> None:
-        require(self.path.exists(), "path", str(self.path), "must exist")
+        fs, root = resolve_uri(self.path)
+        require(_kind(fs, root) is not None, "path", str(self.path), "must exist")
 
     @property
     def source_name(self) -> str:
-        return self.name or self.path.resolve().name.removesuffix(".parquet")
+        _, root = resolve_uri(self.path)
+        return self.name or posixpath.basename(root.rstrip("/")).removesuffix(".parquet")
 
     @property
     def resolved_kind(self) -> str:
         if self.kind != "auto":
             return self.kind
-        if self.path.is_file():
-            return "parquet" if self.path.suffix == ".parquet" else "folder"
-        has_parquet = any(p.suffix == ".parquet" for p in self.path.iterdir())
-        return "parquet" if has_parquet else "folder"
+        fs, root = resolve_uri(self.path)
+        return _kind(fs, root) or "folder"
+
+
+def _kind(fs: pafs.FileSystem, root: str) -> str | None:
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    names = [info.path] if info.type == pafs.FileType.File else [f for f, _ in _files(fs, root)]
+    if any(n.endswith(".tar") for n in names):
+        return "webdataset"
+    return "parquet" if any(n.endswith(".parquet") for n in names) else "folder"
+
+
+def _files(fs: pafs.FileSystem, root: str) -> list[tuple[str, str]]:
+    """Sorted (relative path, full path) of every file under ``root`` (or ``root`` itself)."""
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        return [(info.base_name, info.path)]
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    base = root.rstrip("/") + "/"
+    return sorted((i.path[len(base) :], i.path) for i in infos if i.type == pafs.FileType.File)
+
+
+def _uri(fs: pafs.FileSystem, path: str) -> str:
+    return path if fs.type_name == "local" else f"{fs.type_name}://{path}"
 
 
 def make_sample_id(source: str, key: str) -> str:
@@ -78,52 +113,49 @@ def make_sample_id(source: str, key: str) -> str:
 
 def iter_samples(src: Source) -> Iterator[dict[str, Any]]:
     """Sample rows of one source in a deterministic order."""
-    if src.resolved_kind == "folder":
-        yield from _iter_folder(src)
-    else:
-        yield from _iter_parquet(src)
+    fs, root = resolve_uri(src.path)
+    reader = {"folder": _iter_folder, "parquet": _iter_parquet, "webdataset": _iter_tars}
+    yield from reader[src.resolved_kind](src, fs, root)
 
 
-def _folder_entries(root: Path) -> Iterator[tuple[Path, Path | None, Path | None]]:
-    """(file, caption sidecar, json sidecar) for every sample file, sorted by path."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        by_stem: dict[str, list[str]] = {}
-        for name in sorted(filenames):
-            by_stem.setdefault(os.path.splitext(name)[0], []).append(name)
-        for names in by_stem.values():
-            primary = [n for n in names if not n.lower().endswith(SIDECAR_EXTENSIONS)]
-            if not primary:  # a lone .txt/.json is a sample itself
-                primary, sidecars = names, []
-            else:
-                sidecars = [n for n in names if n not in primary]
-            txt = next((n for n in sidecars if n.lower().endswith(".txt")), None)
-            js = next((n for n in sidecars if n.lower().endswith(".json")), None)
-            for name in primary:
-                yield (
-                    Path(dirpath, name),
-                    Path(dirpath, txt) if txt else None,
-                    Path(dirpath, js) if js else None,
-                )
+@dataclass(frozen=True)
+class Deferred:
+    """Bytes of a folder sample, read by :func:`materialize` only when its shard is written."""
+
+    fs: pafs.FileSystem
+    path: str
 
 
-def _read_meta_sidecar(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+def _read_text(fs: pafs.FileSystem, path: str) -> str:
+    with fs.open_input_stream(path) as f:
+        return f.read().decode("utf-8", errors="replace")
+
+
+def _meta_from_json(text: str, name: str) -> dict[str, Any]:
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as err:
-        return {"_sidecar_error": f"invalid JSON in {path.name}: {err}", "_sidecar_raw": text}
+        return {"_sidecar_error": f"invalid JSON in {name}: {err}", "_sidecar_raw": text}
     return meta if isinstance(meta, dict) else {"sidecar": meta}
 
 
-def _iter_folder(src: Source) -> Iterator[dict[str, Any]]:
-    root = src.path.resolve()
-    for file, txt, js in sorted(_folder_entries(root), key=lambda e: e[0].as_posix()):
-        key = file.relative_to(root).as_posix()
-        data = file if src.inline else None  # read by materialize(), only when written
-        meta = _read_meta_sidecar(js) if js else {}
-        caption = txt.read_text(encoding="utf-8", errors="replace").strip() if txt else None
-        yield _row(src.source_name, key, file.as_posix(), data, caption, meta)
+def _iter_folder(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for rel, full in _files(fs, root):
+        stem = posixpath.splitext(rel)[0]
+        groups.setdefault((posixpath.dirname(rel), stem), []).append((rel, full))
+    entries = []
+    for members in groups.values():
+        primary = [m for m in members if not m[0].lower().endswith(SIDECAR_EXTENSIONS)]
+        sidecars = [m for m in members if m not in primary] if primary else []
+        txt = next((m[1] for m in sidecars if m[0].lower().endswith(".txt")), None)
+        js = next((m[1] for m in sidecars if m[0].lower().endswith(".json")), None)
+        entries += [(rel, full, txt, js) for rel, full in (primary or members)]
+    for rel, full, txt, js in sorted(entries):
+        meta = _meta_from_json(_read_text(fs, js), posixpath.basename(js)) if js else {}
+        caption = _read_text(fs, txt).strip() if txt else None
+        data = Deferred(fs, full) if src.inline else None
+        yield _row(src.source_name, rel, _uri(fs, full), data, caption, meta)
 
 
 def _row(source, key, uri, data, caption, meta) -> dict[str, Any]:
@@ -141,39 +173,39 @@ def _row(source, key, uri, data, caption, meta) -> dict[str, Any]:
 
 def materialize(row: dict[str, Any]) -> dict[str, Any]:
     """Read a folder sample's bytes (deferred so resumed ingests skip finished shards)."""
-    if isinstance(row["image"], Path):
+    if isinstance(row["image"], Deferred):
         try:
-            data = row["image"].read_bytes()
+            with row["image"].fs.open_input_file(row["image"].path) as f:
+                data = f.read()
         except OSError:  # unreadable now: keep the row; profile retries the uri and rejects
             return row | {"image": None}
         row = row | {"image": data, "content_sha256": hashlib.sha256(data).hexdigest()}
     return row
 
 
-def _parquet_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*.parquet") if not p.name.startswith(("_", ".")))
+def _iter_parquet(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[str, Any]]:
+    for rel, full in _files(fs, root):
+        name = posixpath.basename(rel)
+        if not name.endswith(".parquet") or name.startswith(("_", ".")):
+            continue
+        with fs.open_input_file(full) as handle:
+            yield from _parquet_rows(src, pq.ParquetFile(handle), rel, _uri(fs, full))
 
 
-def _iter_parquet(src: Source) -> Iterator[dict[str, Any]]:
-    root = src.path.resolve()
-    for file in _parquet_files(root):
-        pf = pq.ParquetFile(file)
-        names = pf.schema_arrow.names
-        for col, field in (("image_column", src.image_column), ("uri_column", src.uri_column)):
-            if field and field not in names and not (col == "image_column" and src.uri_column):
-                raise ValueError(f"{file}: {col}={field!r} not among columns {names}")
-        if src.key_column and src.key_column not in names:
-            raise ValueError(f"{file}: key_column={src.key_column!r} not among columns {names}")
-        rel = file.relative_to(root).as_posix() if root.is_dir() else file.name
-        used = {src.image_column, src.uri_column, src.caption_column}
-        columns = [f.name for f in pf.schema_arrow if f.name in used or not _has_binary(f.type)]
-        row_index = 0
-        for batch in pf.iter_batches(batch_size=256, columns=columns):
-            for rec in batch.to_pylist():
-                yield _parquet_row(src, rec, rel, row_index, file)
-                row_index += 1
+def _parquet_rows(src: Source, pf: pq.ParquetFile, rel: str, uri: str) -> Iterator[dict]:
+    names = pf.schema_arrow.names
+    for col, field in (("image_column", src.image_column), ("uri_column", src.uri_column)):
+        if field and field not in names and not (col == "image_column" and src.uri_column):
+            raise ValueError(f"{uri}: {col}={field!r} not among columns {names}")
+    if src.key_column and src.key_column not in names:
+        raise ValueError(f"{uri}: key_column={src.key_column!r} not among columns {names}")
+    used = {src.image_column, src.uri_column, src.caption_column}
+    columns = [f.name for f in pf.schema_arrow if f.name in used or not _has_binary(f.type)]
+    row_index = 0
+    for batch in pf.iter_batches(batch_size=256, columns=columns):
+        for rec in batch.to_pylist():
+            yield _parquet_row(src, rec, rel, row_index, uri)
+            row_index += 1
 
 
 def _has_binary(tp: pa.DataType) -> bool:
@@ -183,16 +215,67 @@ def _has_binary(tp: pa.DataType) -> bool:
     return any(_has_binary(tp.field(i).type) for i in range(tp.num_fields))
 
 
-def _parquet_row(src: Source, rec: dict, rel: str, i: int, file: Path) -> dict[str, Any]:
+def _parquet_row(src: Source, rec: dict, rel: str, i: int, file_uri: str) -> dict[str, Any]:
     image = rec.pop(src.image_column, None) if src.image_column else None
     if isinstance(image, dict):  # Hugging Face datasets' Image feature: {bytes, path}
         image = image.get("bytes")
     uri = rec.pop(src.uri_column, None) if src.uri_column else None
     caption = rec.pop(src.caption_column, None) if src.caption_column else None
     key = str(rec[src.key_column]) if src.key_column else f"{rel}#{i}"
-    meta = rec
     if uri is None:
-        uri = f"{file.as_posix()}#{i}"  # where the inline bytes came from
-    elif "://" not in str(uri) and not os.path.isabs(str(uri)):
-        uri = (file.parent / str(uri)).resolve().as_posix()  # relative to the Parquet file
-    return _row(src.source_name, key, str(uri), image, caption, meta)
+        uri = f"{file_uri}#{i}"  # where the inline bytes came from
+    elif "://" not in str(uri) and not posixpath.isabs(str(uri)):
+        uri = posixpath.normpath(posixpath.join(posixpath.dirname(file_uri), str(uri)))
+    return _row(src.source_name, key, str(uri), image, caption, rec)
+
+
+def _split_key(member: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first dot of the file name."""
+    head, base = posixpath.split(member)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(head, stem), ext.lower()
+
+
+def _iter_tars(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[str, Any]]:
+    for rel, full in _files(fs, root):
+        if rel.endswith(".tar"):
+            yield from _tar_samples(src, fs, rel, full)
+
+
+def _tar_samples(src: Source, fs, rel: str, full: str) -> Iterator[dict[str, Any]]:
+    tar_uri = _uri(fs, full)
+    group: dict[str, tuple[str, bytes]] = {}
+    key = None
+    with fs.open_input_stream(full) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                for member in tf:
+                    if not member.isfile():
+                        continue
+                    data = tf.extractfile(member).read()
+                    member_key, ext = _split_key(member.name)
+                    if member_key != key and group:
+                        yield from _group_samples(src, rel, tar_uri, key, group)
+                        group = {}
+                    key = member_key
+                    group[ext] = (member.name, data)
+        except (tarfile.ReadError, EOFError, OSError) as err:
+            log.warning(
+                "%s: cut off or damaged after %s (%s); complete members kept", tar_uri, key, err
+            )
+    if group:
+        yield from _group_samples(src, rel, tar_uri, key, group)
+
+
+def _group_samples(src, rel, tar_uri, key, group) -> Iterator[dict[str, Any]]:
+    txt, js = group.get("txt"), group.get("json")
+    meta = _meta_from_json(js[1].decode("utf-8", errors="replace"), js[0]) if js else {}
+    caption = txt[1].decode("utf-8", errors="replace").strip() if txt else None
+    if caption is None and isinstance(meta.get("caption"), str):
+        caption = meta["caption"]
+    meta |= {"__key__": key, "__url__": tar_uri}
+    primary = {ext: m for ext, m in group.items() if ext not in ("txt", "json")}
+    if not primary:  # a lone sidecar is a sample of its own, as in folders
+        primary = group
+    for _ext, (name, data) in sorted(primary.items()):
+        yield _row(src.source_name, f"{rel}/{name}", f"{tar_uri}#{name}", data, caption, meta)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import duckdb
+import pyarrow.dataset as pads
 
 from infra.storage import RunDir
 
@@ -20,21 +21,29 @@ def _sql_str(text: str) -> str:
 
 
 def connect(run: RunDir, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one view per table folder of ``run``."""
-    if run.fs.type_name != "local":
-        raise NotImplementedError(f"query over {run.location}: only local run directories yet")
+    """A DuckDB connection with one view per table folder of ``run``.
+
+    Local tables use DuckDB's own Parquet reader; tables in object storage are scanned as
+    pyarrow datasets through the run's filesystem (no DuckDB extension needed).
+    """
     con = duckdb.connect(database)
+    local = run.fs.type_name == "local"
     for table in run.tables():
         if not _IDENT.match(table):
             continue
-        files = ", ".join(_sql_str(f) for f in run.data_files(table))
-        con.execute(
-            f'CREATE OR REPLACE VIEW "{table}" AS '
-            f"SELECT * FROM read_parquet([{files}], union_by_name = true)"
-        )
+        files = run.data_files(table)
+        if local:
+            listed = ", ".join(_sql_str(f) for f in files)
+            con.execute(
+                f'CREATE OR REPLACE VIEW "{table}" AS '
+                f"SELECT * FROM read_parquet([{listed}], union_by_name = true)"
+            )
+        else:
+            con.register(table, pads.dataset(files, filesystem=run.fs, format="parquet"))
     return con
 
 
 def views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Names of the run's tables visible to SQL (views and registered Arrow scans)."""
     rows = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
     return sorted(r[0] for r in rows)

@@ -30,12 +30,30 @@ from contextvars import ContextVar
 from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "field_docs", "from_dict", "load_toml", "require", "to_dict"]
+__all__ = [
+    "ConfigError",
+    "Location",
+    "field_docs",
+    "from_dict",
+    "load_toml",
+    "require",
+    "to_dict",
+]
 
 T = TypeVar("T")
 # Folder that relative Path values are resolved against (set by load_toml(relative_paths=True)).
 _BASE_DIR: ContextVar[Path | None] = ContextVar("_BASE_DIR", default=None)
 _NONE = type(None)
+
+
+class Location(str):
+    """A local path or a filesystem URI (``s3://bucket/key``, ``gs://...``). In a config file
+    a relative local path is taken relative to the file (with ``relative_paths``); URIs are
+    kept as written."""
+
+    @property
+    def is_uri(self) -> bool:
+        return "://" in self
 
 
 class ConfigError(ValueError):
@@ -150,6 +168,13 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        raise bad()
+    if isinstance(tp, type) and issubclass(tp, Location):
+        if isinstance(value, (str, PurePath)):
+            text, base = str(value), _BASE_DIR.get()
+            if "://" in text or base is None or PurePath(text).is_absolute():
+                return tp(text)
+            return tp(base / text)
         raise bad()
     if isinstance(tp, type) and issubclass(tp, PurePath):
         if isinstance(value, (str, PurePath)):

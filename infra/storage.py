@@ -9,9 +9,11 @@ local paths and object-store URIs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import urllib.parse
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,11 +34,48 @@ def shard_name(index: int, prefix: str = "") -> str:
 
 
 def resolve_uri(location: str | Path) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it for a local path or URI."""
+    """A pyarrow filesystem and the path inside it for a local path or URI.
+
+    URIs may carry pyarrow's options, e.g.
+    ``s3://KEY:SECRET@bucket/run?endpoint_override=host:9000&scheme=http``; one filesystem is
+    kept per scheme, credentials and options, so per-row reads do not reconnect.
+    """
     text = str(location)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), os.path.abspath(text)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if "://" not in text:
+        return _LOCAL, os.path.abspath(text)
+    parts = urllib.parse.urlsplit(text)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    fs = _remote_fs(parts.scheme, userinfo, host, parts.query)
+    return fs, f"{host}{parts.path}".rstrip("/") if parts.path != "/" else host
+
+
+_LOCAL = pafs.LocalFileSystem()
+
+
+@functools.lru_cache(maxsize=64)
+def _remote_fs(scheme: str, userinfo: str, host: str, query: str) -> pafs.FileSystem:
+    auth = f"{userinfo}@" if userinfo else ""
+    return pafs.FileSystem.from_uri(f"{scheme}://{auth}{host}{'?' + query if query else ''}")[0]
+
+
+def join_uri(location: str, *parts: str) -> str:
+    """``location`` + path parts, keeping a URI's query (its filesystem options) at the end."""
+    if "://" not in location:
+        return os.path.join(location, *parts)
+    head, sep, query = location.partition("?")
+    return "/".join([head.rstrip("/"), *parts]) + sep + query
+
+
+def redact(location: str) -> str:
+    """A location safe to print: credentials in a URI replaced by ``***``."""
+    if "://" not in location:
+        return location
+    parts = urllib.parse.urlsplit(location)
+    if "@" not in parts.netloc:
+        return location
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 class RunDir:
@@ -50,7 +89,16 @@ class RunDir:
         return (RunDir, (self.location,))
 
     def __repr__(self) -> str:
-        return f"RunDir({self.location!r})"
+        return f"RunDir({redact(self.location)!r})"
+
+    @property
+    def display(self) -> str:
+        """The location without credentials."""
+        return redact(self.location)
+
+    def uri(self, *parts: str) -> str:
+        """A location under the run directory usable anywhere (keeps a URI's options)."""
+        return join_uri(self.location, *parts)
 
     # paths -----------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -167,6 +215,6 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) 
 
 def read_bytes(uri: str) -> bytes:
     """All bytes at a local path or filesystem URI (``s3://``, ``gs://``, ``file://``)."""
-    fs, path = resolve_uri(uri[len("file://") :] if uri.startswith("file://") else uri)
+    fs, path = resolve_uri(uri)
     with fs.open_input_file(path) as f:
         return f.read()

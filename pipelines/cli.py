@@ -83,7 +83,8 @@ def run(
     except ConfigError as err:
         _fail(err)
     run_obj = RunDir(run_dir)
-    console.print(f"[bold]zfoundry run[/bold] {pipeline} -> {run_obj.location} ({cfg.steps})")
+    steps = ", ".join(cfg.steps)
+    console.print(f"[bold]zfoundry run[/bold] {pipeline} -> {run_obj.display} ({steps})")
     try:
         results = run_pipeline(cfg, run_obj, on_step=lambda s, _: console.print(f"  done: {s}"))
     except (ConfigError, RuntimeError, FileNotFoundError, ValueError) as err:

@@ -28,7 +28,7 @@ def table_status(run: RunDir) -> list[dict]:
 
 
 def print_status(run: RunDir, console: Console) -> None:
-    table = Table(title=f"run {run.location}", title_justify="left")
+    table = Table(title=f"run {run.display}", title_justify="left")
     for col in ("table", "files", "shards done", "complete", "rows"):
         table.add_column(col, justify="left" if col == "table" else "right")
     for r in table_status(run):

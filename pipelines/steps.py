@@ -92,7 +92,7 @@ def profile(run: RunDir, cfg: PipelineConfig) -> dict[str, Any]:
 def select_step(run: RunDir, cfg: SelectConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     recipe = load_toml(Recipe, cfg.recipe, relative_paths=True)
-    out = cfg.out if ("://" in cfg.out or Path(cfg.out).is_absolute()) else run.path(cfg.out)
+    out = cfg.out if ("://" in cfg.out or Path(cfg.out).is_absolute()) else run.uri(cfg.out)
     manifest = select(run, recipe, out, recipe_source=str(cfg.recipe))
     stats = {
         "stage": "select",

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from infra.storage import RunDir
+from infra.storage import RunDir, join_uri, redact
 
 
 def _fmt(value: Any) -> str:
@@ -62,15 +62,15 @@ def print_summary(run: RunDir, results: dict[str, dict[str, Any]], console: Cons
     where = Table(show_header=False, title="where things are", title_justify="left")
     where.add_column("what")
     where.add_column("path")
-    where.add_row("run directory", run.location)
+    where.add_row("run directory", run.display)
     if "select" in results:
-        out = results["select"]["out"]
+        out = redact(results["select"]["out"])
         where.add_row("curated shards", out)
-        where.add_row("manifest", f"{out}/manifest.json")
-    where.add_row("rejects", run.path("rejects"))
-    where.add_row("counters", run.path("stats"))
+        where.add_row("manifest", join_uri(out, "manifest.json"))
+    where.add_row("rejects", redact(run.uri("rejects")))
+    where.add_row("counters", redact(run.uri("stats")))
     console.print(where)
     console.print(
-        f'Inspect with SQL: [bold]zfoundry query {run.location} "SELECT reason, count(*) '
+        f'Inspect with SQL: [bold]zfoundry query {run.display} "SELECT reason, count(*) '
         f'FROM rejects GROUP BY reason"[/bold]'
     )

@@ -42,7 +42,7 @@ def guard_settings(run: RunDir, table: str, settings: dict[str, Any]) -> None:
         before = run.read_json(path)
         if before != settings:
             raise RunConflict(
-                f"{run.location}/{table}/ was written with other settings:\n  before: {before}\n"
+                f"{run.display}/{table}/ was written with other settings:\n  before: {before}\n"
                 f"  now:    {settings}\nUse a new --run directory (or delete {table}/)."
             )
     else:
@@ -61,7 +61,7 @@ def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
     """(pending jobs, number of input shards). Requires a complete input table."""
     if not run.exists(run.success_path(stage.input_table)):
         raise StageInputMissing(
-            f"stage {stage.name!r} needs a complete {stage.input_table}/ table in {run.location} "
+            f"stage {stage.name!r} needs a complete {stage.input_table}/ table in {run.display} "
             f"(run the step that writes it first)"
         )
     settings = {k: v for k, v in to_dict(stage).items() if k not in RUNTIME_FIELDS}
