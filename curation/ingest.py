@@ -67,6 +67,8 @@ class Source:
     """Parquet: column with a unique key per row (default: ``file_name#row``)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.path, Location):  # built in code with a Path or plain str
+            object.__setattr__(self, "path", Location(str(self.path)))
         fs, root = resolve_uri(self.path)
         require(_kind(fs, root) is not None, "path", str(self.path), "must exist")
 
@@ -103,8 +105,17 @@ def _files(fs: pafs.FileSystem, root: str) -> list[tuple[str, str]]:
     return sorted((i.path[len(base) :], i.path) for i in infos if i.type == pafs.FileType.File)
 
 
-def _uri(fs: pafs.FileSystem, path: str) -> str:
-    return path if fs.type_name == "local" else f"{fs.type_name}://{path}"
+def _uri(fs: pafs.FileSystem, path: str, options: str = "") -> str:
+    """Where a sample's bytes live: a local path, or a URI with the source's filesystem
+    options (endpoint, scheme) but never its credentials, which readers take from their
+    environment."""
+    if fs.type_name == "local":
+        return path
+    return f"{fs.type_name}://{path}" + (f"?{options}" if options else "")
+
+
+def _options(location: str) -> str:
+    return location.partition("?")[2] if "://" in location else ""
 
 
 def make_sample_id(source: str, key: str) -> str:
@@ -155,7 +166,8 @@ def _iter_folder(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[s
         meta = _meta_from_json(_read_text(fs, js), posixpath.basename(js)) if js else {}
         caption = _read_text(fs, txt).strip() if txt else None
         data = Deferred(fs, full) if src.inline else None
-        yield _row(src.source_name, rel, _uri(fs, full), data, caption, meta)
+        uri = _uri(fs, full, _options(src.path))
+        yield _row(src.source_name, rel, uri, data, caption, meta)
 
 
 def _row(source, key, uri, data, caption, meta) -> dict[str, Any]:
@@ -189,7 +201,8 @@ def _iter_parquet(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[
         if not name.endswith(".parquet") or name.startswith(("_", ".")):
             continue
         with fs.open_input_file(full) as handle:
-            yield from _parquet_rows(src, pq.ParquetFile(handle), rel, _uri(fs, full))
+            uri = _uri(fs, full, _options(src.path))
+            yield from _parquet_rows(src, pq.ParquetFile(handle), rel, uri)
 
 
 def _parquet_rows(src: Source, pf: pq.ParquetFile, rel: str, uri: str) -> Iterator[dict]:
@@ -225,8 +238,15 @@ def _parquet_row(src: Source, rec: dict, rel: str, i: int, file_uri: str) -> dic
     if uri is None:
         uri = f"{file_uri}#{i}"  # where the inline bytes came from
     elif "://" not in str(uri) and not posixpath.isabs(str(uri)):
-        uri = posixpath.normpath(posixpath.join(posixpath.dirname(file_uri), str(uri)))
+        uri = _sibling(file_uri, str(uri))  # relative to the Parquet file
     return _row(src.source_name, key, str(uri), image, caption, rec)
+
+
+def _sibling(file_uri: str, relative: str) -> str:
+    base, sep, options = file_uri.partition("?")
+    scheme, colon, path = base.rpartition("://")
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), relative))
+    return f"{scheme}{colon}{joined}{sep}{options}"
 
 
 def _split_key(member: str) -> tuple[str, str]:
@@ -243,7 +263,7 @@ def _iter_tars(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[str
 
 
 def _tar_samples(src: Source, fs, rel: str, full: str) -> Iterator[dict[str, Any]]:
-    tar_uri = _uri(fs, full)
+    tar_uri = _uri(fs, full, _options(src.path))
     group: dict[str, tuple[str, bytes]] = {}
     key = None
     with fs.open_input_stream(full) as stream:
