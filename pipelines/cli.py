@@ -24,8 +24,18 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (created if missing).")]
-RunArg = Annotated[Path, typer.Argument(help="Run directory.", exists=True, file_okay=False)]
+RunOpt = Annotated[
+    str,
+    typer.Option("--run", help="Run directory, a path or s3:// / gs:// URI (created if missing)."),
+]
+RunArg = Annotated[str, typer.Argument(help="Run directory: a path or s3:// / gs:// URI.")]
+
+
+def _existing_run(location: str) -> RunDir:
+    run = RunDir(location)
+    if not run.exists(run.root):
+        _fail(FileNotFoundError(f"run directory {run.display} does not exist"))
+    return run
 
 
 class ExecutorKind(StrEnum):
@@ -42,6 +52,19 @@ class OutputFormat(StrEnum):
 def _fail(err: Exception) -> None:
     console.print(f"[bold red]error:[/bold red] {err}")
     raise typer.Exit(2)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the counters as JSON instead.")]
+
+
+def _report(run_dir: str, step: str, stats: dict[str, Any], as_json: bool) -> None:
+    """Counters of one step: a table for people, JSON for scripts (stdout either way)."""
+    from pipelines.summary import print_summary
+
+    if as_json:
+        print(json.dumps(stats, sort_keys=True))
+    else:
+        print_summary(RunDir(run_dir), {step: stats}, Console())
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -94,7 +117,9 @@ def run(
 
 @app.command()
 def ingest(
-    sources: Annotated[list[Path], typer.Argument(help="Folders or Parquet files/folders.")],
+    sources: Annotated[
+        list[str], typer.Argument(help="Folders, Parquet, or .tar shards: paths or s3:// URIs.")
+    ],
     run_dir: RunOpt,
     name: Annotated[str | None, typer.Option(help="Source name (one source only).")] = None,
     rows_per_shard: Annotated[int, typer.Option(help="Samples per shard.")] = 256,
@@ -103,6 +128,7 @@ def ingest(
     uri_column: Annotated[str | None, typer.Option(help="Parquet: image URI column.")] = None,
     caption_column: Annotated[str, typer.Option(help="Parquet: caption column.")] = "caption",
     key_column: Annotated[str | None, typer.Option(help="Parquet: unique key column.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Register every file of the sources as a sample in RUN_DIR/samples/."""
     from infra.config import from_dict
@@ -115,7 +141,7 @@ def ingest(
         raw = {
             "sources": [
                 {
-                    "path": str(p),
+                    "path": p,
                     "name": name,
                     "inline": inline,
                     "image_column": image_column,
@@ -131,7 +157,7 @@ def ingest(
         stats = run_ingest(RunDir(run_dir), cfg)
     except (ConfigError, RuntimeError, ValueError) as err:
         _fail(err)
-    console.print_json(json.dumps(stats))
+    _report(run_dir, "ingest", stats, as_json)
 
 
 @app.command()
@@ -145,6 +171,7 @@ def profile(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override, e.g. --set jpeg_quality=90.")
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Profile every sample: profiles/ (one row per sample) and rejects/."""
     from curation.stages.profile import ProfileStage
@@ -158,10 +185,11 @@ def profile(
         else:
             stage = from_dict(ProfileStage, overrides, source="CLI")
         options: dict[str, Any] = {"address": address} if executor is ExecutorKind.ray else {}
-        stats = get_executor(executor.value, **options).run_stage(stage, RunDir(run_dir))
+        run = _existing_run(run_dir)
+        stats = get_executor(executor.value, **options).run_stage(stage, run)
     except (ConfigError, RuntimeError, ValueError) as err:
         _fail(err)
-    console.print_json(json.dumps(stats))
+    _report(run_dir, "profile", stats, as_json)
 
 
 @app.command()
@@ -169,6 +197,7 @@ def select(
     run_dir: RunArg,
     recipe: Annotated[Path, typer.Option(help="Recipe TOML.", exists=True, dir_okay=False)],
     out: Annotated[str, typer.Option(help="Output folder for shards + manifest.json.")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Write curated shards + manifest.json for the rows a recipe's predicates keep."""
     from pipelines.config import SelectConfig
@@ -176,10 +205,11 @@ def select(
 
     try:
         out_abs = out if "://" in out else str(Path(out).resolve())
-        stats = select_step(RunDir(run_dir), SelectConfig(recipe=recipe.resolve(), out=out_abs))
+        run = _existing_run(run_dir)
+        stats = select_step(run, SelectConfig(recipe=recipe.resolve(), out=out_abs))
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
         _fail(err)
-    console.print_json(json.dumps(stats))
+    _report(run_dir, "select", stats, as_json)
 
 
 @app.command()
@@ -194,7 +224,7 @@ def query(
 
     from infra import catalog
 
-    con = catalog.connect(RunDir(run_dir))
+    con = catalog.connect(_existing_run(run_dir))
     try:
         rel = con.sql(sql)
     except duckdb.Error as err:
@@ -218,7 +248,7 @@ def status(run_dir: RunArg) -> None:
     """Show which tables and shards of a run are complete, with their counters."""
     from pipelines.status import print_status
 
-    print_status(RunDir(run_dir), Console())
+    print_status(_existing_run(run_dir), Console())
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str
     rows = itertools.chain.from_iterable(iter_samples(s) for s in cfg.sources)
     seen: dict[str, str] = {}
     by_source: Counter[str] = Counter()
-    written = captioned = 0
+    written = captioned = rows_run = 0
     bar = tqdm(desc="ingest", unit="sample", disable=not progress)
     for index in itertools.count():
         chunk = list(itertools.islice(rows, cfg.rows_per_shard))
@@ -61,6 +61,7 @@ def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str
             info = run.write_parquet("samples", shard_name(index), table)
             run.write_json(run.marker_path("samples", index), {"shard": index, **info})
             written += 1
+            rows_run += len(chunk)
         bar.update(len(chunk))
     bar.close()
     shards = len(run.completed("samples"))
@@ -75,7 +76,9 @@ def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str
         "shards": shards,
         "shards_run": written,
         "shards_skipped": shards - written,
-        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "rows_run": rows_run,
+        "wall_seconds": round(wall := time.perf_counter() - t0, 3),
+        "rows_per_s": round(rows_run / wall, 2) if rows_run else None,
     }
     run.write_json(run.path("stats", "ingest.json"), stats)
     return stats

@@ -20,8 +20,8 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def print_summary(run: RunDir, results: dict[str, dict[str, Any]], console: Console) -> None:
-    steps = Table(title="zfoundry run", title_justify="left")
+def print_steps(results: dict[str, dict[str, Any]], console: Console, title: str) -> None:
+    steps = Table(title=title, title_justify="left")
     for col in ("step", "in", "ok", "rejected", "shards (run/kept)", "seconds", "rows/s"):
         steps.add_column(col, justify="left" if col == "step" else "right")
     for name, s in results.items():
@@ -39,6 +39,9 @@ def print_summary(run: RunDir, results: dict[str, dict[str, Any]], console: Cons
         )
     console.print(steps)
 
+
+def print_summary(run: RunDir, results: dict[str, dict[str, Any]], console: Console) -> None:
+    print_steps(results, console, title="zfoundry run")
     reasons: dict[str, int] = {}
     for s in results.values():
         for reason, n in s.get("reasons", {}).items():

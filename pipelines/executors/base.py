@@ -67,6 +67,11 @@ def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
     settings = {k: v for k, v in to_dict(stage).items() if k not in RUNTIME_FIELDS}
     guard_settings(run, stage.output_table, {"stage": stage.name, **settings})
     inputs = run.completed(stage.input_table)
+    if any("sha256" not in m for m in inputs.values()):
+        raise RunConflict(
+            f"{run.display}/{stage.input_table}/ was written by an older zfoundry without "
+            f"content hashes; use a new --run directory"
+        )
     done = run.completed(stage.output_table)
     jobs = [
         ShardJob(i, run.path(stage.input_table, shard_name(i)), marker["sha256"])
