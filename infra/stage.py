@@ -27,6 +27,8 @@ class Resources:
     """CPU cores per worker."""
     gpus: float = 0.0
     """GPU fraction per worker (model stages); > 0 makes the Ray executor use actors."""
+    actors: bool = False
+    """Run as an actor pool even without GPUs, so a model loads once per worker."""
     memory_gb: float | None = None
     """Heap memory per worker to reserve, or None for the scheduler's default."""
 
@@ -40,10 +42,23 @@ class Stage(abc.ABC):
     output_table: ClassVar[str]
     input_columns: ClassVar[tuple[str, ...] | None] = None
     """Columns of the input table the stage reads (None = all)."""
+    side_inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Other tables whose shard *i* is row-aligned with input shard *i* (e.g. ``profiles``
+    next to ``samples``): these columns are appended to every input batch."""
+    one_to_one: ClassVar[bool] = True
+    """Exactly one output row per input row. Otherwise the stage may skip rows (counted
+    as ``skipped``: rows in - rows out - rejected)."""
 
     @property
     def resources(self) -> Resources:
         return Resources()
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        """The schema written to ``output_table`` (default: its contract in infra.tables)."""
+        from infra.tables import TABLES
+
+        return TABLES[self.output_table]
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load models or other per-worker state. Called once per worker before batches."""

@@ -1,8 +1,9 @@
 """Arrow schemas of every run table, defined once (DESIGN.md "CLI and tables").
 
 Writers call :func:`conform` before writing, so a table on disk always has exactly its
-contract's columns, in order and with these types. Later issues add their tables here
-(``vectors``, ``scores``, ``dedup``, ``knn_edges``, ``weights``, ``captions``, ...).
+contract's columns, in order and with these types. ``vectors`` / ``text_vectors`` depend on
+the model's dimension (:func:`vectors_schema`). Later issues add their tables here
+(``dedup``, ``knn_edges``, ``weights``, ``captions``, ...).
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ SHARD = pa.schema(
         pa.field("task", pa.string(), nullable=False),
     ]
 )
+
+
+def vectors_schema(dim: int, dtype: str = "float16") -> pa.Schema:
+    """``vectors`` / ``text_vectors``: one L2-normalised embedding per sample."""
+    value = {"float16": pa.float16(), "float32": pa.float32()}[dtype]
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("model", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(value, dim), nullable=False),
+        ]
+    )
+
 
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,

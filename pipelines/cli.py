@@ -86,7 +86,7 @@ def run(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline TOML (steps + settings).")],
     run_dir: RunOpt,
     executor: Annotated[
-        ExecutorKind | None, typer.Option(help="Override [executor].kind from the file.")
+        ExecutorKind | None, typer.Option(help="Override \\[executor].kind from the file.")
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -160,36 +160,83 @@ def ingest(
     _report(run_dir, "ingest", stats, as_json)
 
 
+ExecutorOpt = Annotated[ExecutorKind, typer.Option(help="Where to run.")]
+AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster address (default: local Ray).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a setting, e.g. --set batch_rows=32.")
+]
+
+
+def _stage(cls, section: str, config: Path | None, set_: list[str] | None):
+    """A stage from ``[section]`` of a pipeline file (or defaults) with --set overrides."""
+    from infra.config import from_dict, load_toml
+
+    overrides = _parse_set(set_ or [])
+    if config:
+        return load_toml(cls, config, section=section, overrides=overrides, relative_paths=True)
+    return from_dict(cls, overrides, source="CLI")
+
+
+def _executor(kind: ExecutorKind, address: str | None):
+    from pipelines.executors import get_executor
+
+    return get_executor(kind.value, **({"address": address} if kind is ExecutorKind.ray else {}))
+
+
 @app.command()
 def profile(
     run_dir: RunArg,
-    executor: Annotated[ExecutorKind, typer.Option(help="Where to run.")] = ExecutorKind.ray,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    executor: ExecutorOpt = ExecutorKind.ray,
+    address: AddressOpt = None,
     config: Annotated[
-        Path | None, typer.Option(help="Take [profile] settings from this pipeline file.")
+        Path | None, typer.Option(help="Take \\[profile] settings from this pipeline file.")
     ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override, e.g. --set jpeg_quality=90.")
-    ] = None,
+    set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Profile every sample: profiles/ (one row per sample) and rejects/."""
     from curation.stages.profile import ProfileStage
-    from infra.config import from_dict, load_toml
-    from pipelines.executors import get_executor
 
     try:
-        overrides = _parse_set(set_ or [])
-        if config:
-            stage = load_toml(ProfileStage, config, section="profile", overrides=overrides)
-        else:
-            stage = from_dict(ProfileStage, overrides, source="CLI")
-        options: dict[str, Any] = {"address": address} if executor is ExecutorKind.ray else {}
-        run = _existing_run(run_dir)
-        stats = get_executor(executor.value, **options).run_stage(stage, run)
+        stage = _stage(ProfileStage, "profile", config, set_)
+        stats = _executor(executor, address).run_stage(stage, _existing_run(run_dir))
     except (ConfigError, RuntimeError, ValueError) as err:
         _fail(err)
     _report(run_dir, "profile", stats, as_json)
+
+
+@app.command()
+def embed(
+    run_dir: RunArg,
+    executor: ExecutorOpt = ExecutorKind.ray,
+    address: AddressOpt = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Take \\[embed] settings from this pipeline file.")
+    ] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """CLIP embeddings once: images -> vectors/, captions -> text_vectors/.
+
+    The model comes from \\[embed] (model, pretrained: a tag or local checkpoint). The default,
+    zf-tiny-clip, is a tiny randomly initialised model for tests and demos.
+    """
+    from curation.stages.embed import EmbedImagesStage, EmbedTextStage
+    from infra.config import to_dict
+
+    try:
+        stage = _stage(EmbedImagesStage, "embed", config, set_)
+        run, ex = _existing_run(run_dir), _executor(executor, address)
+        stats = ex.run_stage(stage, run)
+        text = ex.run_stage(EmbedTextStage(**to_dict(stage)), run)
+    except (ConfigError, RuntimeError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps({"embed": stats, "embed_text": text}, sort_keys=True))
+    else:
+        from pipelines.summary import print_summary
+
+        print_summary(RunDir(run_dir), {"embed": stats, "embed_text": text}, Console())
 
 
 @app.command()

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from curation.ingest import Source
+from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
 from infra.config import load_toml, require
 
-Step = Literal["ingest", "profile", "select"]
+Step = Literal["ingest", "profile", "embed", "select"]
 STEPS: tuple[Step, ...] = ("ingest", "profile", "select")
 
 
@@ -73,6 +74,8 @@ class PipelineConfig:
     """Settings of the ingest step (required when it is listed)."""
     profile: ProfileStage = field(default_factory=ProfileStage)
     """Settings of the profile stage."""
+    embed: EmbedImagesStage = field(default_factory=EmbedImagesStage)
+    """CLIP model and batching for the embed step (image and caption towers)."""
     select: SelectConfig | None = None
     """Settings of the select step (required when it is listed)."""
 

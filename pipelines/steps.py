@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from curation.ingest import iter_samples, materialize
 from curation.select import Recipe, select
+from curation.stages.embed import EmbedTextStage
 from infra.config import load_toml, to_dict
 from infra.storage import RunDir, shard_name
 from infra.tables import SAMPLES, conform
@@ -84,12 +85,26 @@ def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str
     return stats
 
 
-def profile(run: RunDir, cfg: PipelineConfig) -> dict[str, Any]:
+def _executor(cfg: PipelineConfig):
     ex = cfg.executor
     options: dict[str, Any] = {"progress": ex.progress}
     if ex.kind == "ray":
         options |= {"address": ex.address, "num_cpus": ex.num_cpus}
-    return get_executor(ex.kind, **options).run_stage(cfg.profile, run)
+    return get_executor(ex.kind, **options)
+
+
+def profile(run: RunDir, cfg: PipelineConfig) -> dict[str, Any]:
+    return _executor(cfg).run_stage(cfg.profile, run)
+
+
+def embed(run: RunDir, cfg: PipelineConfig) -> dict[str, Any]:
+    """CLIP image tower -> vectors/, then the caption tower -> text_vectors/ (same model)."""
+    images = cfg.embed
+    text = EmbedTextStage(**{k: v for k, v in to_dict(images).items()})
+    executor = _executor(cfg)
+    stats = executor.run_stage(images, run)
+    stats["text"] = executor.run_stage(text, run)
+    return stats
 
 
 def select_step(run: RunDir, cfg: SelectConfig) -> dict[str, Any]:
@@ -122,6 +137,9 @@ def run_pipeline(
             results[step] = ingest(run, cfg.ingest, progress=cfg.executor.progress)
         elif step == "profile":
             results[step] = profile(run, cfg)
+        elif step == "embed":
+            results[step] = embed(run, cfg)
+            results["embed_text"] = results[step].pop("text")
         elif step == "select":
             assert cfg.select is not None
             results[step] = select_step(run, cfg.select)

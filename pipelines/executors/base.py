@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 from infra.config import to_dict
 from infra.stage import Stage
 from infra.storage import RunDir, shard_name
-from infra.tables import ERROR_DETAIL, REJECTS, TABLES, conform
+from infra.tables import ERROR_DETAIL, REJECTS, conform
 
 # Stage fields that do not change outputs (may differ between a run and its resume).
 RUNTIME_FIELDS = frozenset({"batch_rows"})
@@ -81,8 +82,12 @@ def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
     return jobs, len(inputs)
 
 
-def split_rejects(table: pa.Table, stage_name: str) -> tuple[pa.Table, pa.Table]:
-    """Move rows with a non-null ``error`` into a rejects table; drop ``error_detail``."""
+def split_rejects(table: pa.Table, stage_name: str, schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
+    """Move rows with a non-null ``error`` into a rejects table; drop ``error_detail``.
+
+    When the output contract has an ``error`` column (profiles), failed rows stay in the
+    output too (one row per sample); otherwise they leave it together with the column.
+    """
     detail = table.column(ERROR_DETAIL) if ERROR_DETAIL in table.column_names else None
     main = table.drop_columns([ERROR_DETAIL]) if detail is not None else table
     if "error" not in table.column_names:
@@ -97,26 +102,54 @@ def split_rejects(table: pa.Table, stage_name: str) -> tuple[pa.Table, pa.Table]
             "detail": bad.column(ERROR_DETAIL) if detail is not None else pa.nulls(bad.num_rows),
         }
     )
+    if "error" not in schema.names:
+        main = main.filter(pc.invert(failed)).drop_columns(["error"])
     return main, conform(rejects, REJECTS, name="rejects")
+
+
+def _side_columns(stage: Stage, run: RunDir, job: ShardJob, ids: pa.ChunkedArray) -> pa.Table:
+    """Columns of the stage's side tables for this shard, checked to be row-aligned."""
+    side: dict[str, pa.ChunkedArray] = {}
+    for table, columns in stage.side_inputs.items():
+        path = run.path(table, shard_name(job.index))
+        part = pq.read_table(path, columns=["sample_id", *columns], filesystem=run.fs)
+        if not part.column("sample_id").equals(ids):
+            raise RuntimeError(f"{path} is not row-aligned with {job.input_path}")
+        side |= {name: part.column(name) for name in columns if name != "sample_id"}
+    return pa.table(side)
+
+
+def _input_batches(stage: Stage, run: RunDir, job: ShardJob) -> Iterator[pa.Table]:
+    source = pq.ParquetFile(job.input_path, filesystem=run.fs)
+    columns = list(stage.input_columns) if stage.input_columns else None
+    side = None
+    if stage.side_inputs:
+        ids = pq.read_table(job.input_path, columns=["sample_id"], filesystem=run.fs)
+        side = _side_columns(stage, run, job, ids.column("sample_id"))
+    offset = 0
+    for batch in source.iter_batches(batch_size=getattr(stage, "batch_rows", 256), columns=columns):
+        table = pa.Table.from_batches([batch])
+        if side is not None:
+            for name in side.column_names:
+                table = table.append_column(name, side.column(name).slice(offset, len(table)))
+        offset += len(table)
+        yield table
 
 
 def run_shard(stage: Stage, run: RunDir, job: ShardJob) -> dict[str, Any]:
     """Run ``stage`` over one input shard, write its outputs atomically, then its marker."""
     t0 = time.perf_counter()
-    source = pq.ParquetFile(job.input_path, filesystem=run.fs)
-    columns = list(stage.input_columns) if stage.input_columns else None
-    batch_rows = getattr(stage, "batch_rows", 256)
-    outputs = [
-        stage.process_batch(pa.Table.from_batches([batch]))
-        for batch in source.iter_batches(batch_size=batch_rows, columns=columns)
-    ]
-    schema = TABLES[stage.output_table]
+    rows_in = pq.ParquetFile(job.input_path, filesystem=run.fs).metadata.num_rows
+    outputs = [stage.process_batch(batch) for batch in _input_batches(stage, run, job)]
+    schema = stage.output_schema
     table = pa.concat_tables(outputs) if outputs else schema.empty_table()
-    main, rejects = split_rejects(table, stage.name)
+    main, rejects = split_rejects(table, stage.name, schema)
     main = conform(main, schema, name=stage.output_table)
-    rows_in = source.metadata.num_rows
-    if main.num_rows != rows_in:
+    skipped = rows_in - main.num_rows - (0 if "error" in schema.names else rejects.num_rows)
+    if stage.one_to_one and main.num_rows != rows_in:
         raise RuntimeError(f"stage {stage.name!r} returned {main.num_rows} rows for {rows_in}")
+    if skipped < 0:
+        raise RuntimeError(f"stage {stage.name!r} returned more rows than it was given")
 
     rejects_file = run.path("rejects", shard_name(job.index, prefix=stage.name))
     if rejects.num_rows:
@@ -131,8 +164,10 @@ def run_shard(stage: Stage, run: RunDir, job: ShardJob) -> dict[str, Any]:
         "input_sha256": job.input_sha256,
         "sha256": written["sha256"],
         "rows_in": rows_in,
-        "ok": rows_in - rejects.num_rows,
+        "rows_out": main.num_rows,
+        "ok": rows_in - rejects.num_rows - skipped,
         "rejected": rejects.num_rows,
+        "skipped": skipped,
         "reasons": dict(sorted(reasons.items())),
         "seconds": round(time.perf_counter() - t0, 4),
     }
@@ -164,6 +199,7 @@ def finish(
         "in": rows,
         "ok": sum(m["ok"] for m in markers.values()),
         "rejected": sum(m["rejected"] for m in markers.values()),
+        "skipped": sum(m.get("skipped", 0) for m in markers.values()),
         "reasons": dict(sorted(reasons.items())),
         "wall_seconds": round(wall_s, 3),
         "rows_run": rows_run,

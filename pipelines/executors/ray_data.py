@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from infra.stage import Stage
+from infra.stage import Resources, Stage
 from infra.storage import RunDir
 from pipelines.executors.base import ShardJob, finish, plan, run_shard
 
@@ -76,6 +76,15 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     )
 
 
+def _pool_size(res: Resources, jobs: int) -> int:
+    """As many actors as the cluster fits (GPUs for GPU stages, else CPUs), at most ``jobs``."""
+    import ray
+
+    have = ray.cluster_resources()
+    fits = have.get("GPU", 0) / res.gpus if res.gpus > 0 else have.get("CPU", 1) / res.cpus
+    return max(1, min(int(fits), jobs))
+
+
 class RayExecutor:
     name = "ray"
 
@@ -112,13 +121,13 @@ class RayExecutor:
         remote: dict[str, Any] = {"num_cpus": res.cpus}
         if res.memory_gb:
             remote["memory"] = int(res.memory_gb * 2**30)
-        if res.gpus > 0:  # model stages: an actor pool, setup() once per actor
+        if res.gpus > 0 or res.actors:  # model stages: an actor pool, setup() once per actor
             ds = ds.map_batches(
                 _ShardActor,
                 fn_constructor_kwargs={"stage": stage, "run": run},
                 batch_size=1,
                 batch_format="pyarrow",
-                concurrency=self.actors or 1,
+                concurrency=self.actors or _pool_size(res, len(jobs)),
                 num_gpus=res.gpus,
                 **remote,
             )

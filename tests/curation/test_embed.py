@@ -1,0 +1,90 @@
+"""Embed stages: one normalised vector per decodable sample, computed once, same on Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation.clip import TINY, load_clip, tiny_checkpoint
+from curation.stages.embed import EmbedImagesStage, EmbedTextStage
+from tests.conftest import EXAMPLES
+from tests.helpers import ingest_folders, profile, read_table
+
+
+def matrix(table: pa.Table) -> np.ndarray:
+    col = table.column("embedding").combine_chunks()
+    return np.asarray(col.flatten()).reshape(len(col), -1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, edge_dir):
+    from pipelines.executors import get_executor
+
+    run = ingest_folders(
+        tmp_path_factory.mktemp("run"), EXAMPLES / "data" / "coco25", edge_dir, rows_per_shard=8
+    )
+    profile(run)
+    ex = get_executor("local", progress=False)
+    stats = ex.run_stage(EmbedImagesStage(), run), ex.run_stage(EmbedTextStage(), run)
+    return run, stats
+
+
+def test_one_normalised_vector_per_decodable_sample(embedded):
+    run, (stats, _) = embedded
+    vectors = read_table(run, "vectors")
+    profiles = read_table(run, "profiles").to_pylist()
+    ok = sorted(r["sample_id"] for r in profiles if r["error"] is None)
+    assert sorted(vectors.column("sample_id").to_pylist()) == ok
+    assert vectors.schema.field("embedding").type == pa.list_(pa.float16(), 64)
+    assert np.allclose(np.linalg.norm(matrix(vectors), axis=1), 1.0, atol=2e-3)
+    assert set(vectors.column("model").to_pylist()) == {f"{TINY}:seed0"}
+    failed = len(profiles) - len(ok)
+    assert stats["skipped"] == failed == 6 and stats["ok"] == len(ok) and stats["rejected"] == 0
+
+
+def test_caption_vectors_only_for_captioned_decodable_samples(embedded):
+    run, (_, text_stats) = embedded
+    text = read_table(run, "text_vectors")
+    samples = {r["sample_id"]: r for r in read_table(run, "samples").to_pylist()}
+    errors = {r["sample_id"]: r["error"] for r in read_table(run, "profiles").to_pylist()}
+    want = sorted(s for s, r in samples.items() if r["caption_alt"] and errors[s] is None)
+    assert sorted(text.column("sample_id").to_pylist()) == want and len(want) == 25
+    assert text_stats["skipped"] == len(samples) - 25
+
+
+def test_distinct_photos_get_distinct_vectors(embedded):
+    run, _ = embedded
+    coco = {
+        r["sample_id"] for r in read_table(run, "samples").to_pylist() if r["source"] == "coco25"
+    }
+    vectors = read_table(run, "vectors")
+    keep = [i for i, s in enumerate(vectors.column("sample_id").to_pylist()) if s in coco]
+    m = matrix(vectors.take(keep))
+    assert len(m) == 25
+    sims = m @ m.T
+    assert (sims[~np.eye(len(m), dtype=bool)] < 0.9999).all()
+
+
+def test_tiny_checkpoint_loads_through_the_checkpoint_path(tmp_path, monkeypatch):
+    path = tiny_checkpoint()
+    a = load_clip(TINY, None)
+    b = load_clip(TINY, str(path))
+    for (ka, va), (kb, vb) in zip(
+        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+    ):
+        assert ka == kb and np.array_equal(va.numpy(), vb.numpy())
+    with pytest.raises((FileNotFoundError, RuntimeError, OSError)):
+        load_clip(TINY, str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.ray
+def test_ray_actor_pool_gives_identical_vectors(tmp_path, edge_dir, embedded, ray_local):
+    from pipelines.executors import get_executor
+
+    run, _ = embedded
+    other = ingest_folders(tmp_path / "r", EXAMPLES / "data" / "coco25", edge_dir, rows_per_shard=8)
+    profile(other)
+    stats = get_executor("ray", progress=False).run_stage(EmbedImagesStage(), other)
+    assert stats["executor"] == "ray" and stats["skipped"] == 6
+    assert read_table(other, "vectors").equals(read_table(run, "vectors"))
