@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from infra.config import Location, require
-from infra.storage import resolve_uri
+from infra.storage import redact, resolve_uri
 
 log = logging.getLogger(__name__)
 SIDECAR_EXTENSIONS = (".txt", ".json")
@@ -69,8 +70,14 @@ class Source:
     def __post_init__(self) -> None:
         if not isinstance(self.path, Location):  # built in code with a Path or plain str
             object.__setattr__(self, "path", Location(str(self.path)))
+        if not self.path.is_uri:  # one spelling per folder: absolute, no trailing slash
+            object.__setattr__(self, "path", Location(os.path.abspath(self.path)))
         fs, root = resolve_uri(self.path)
-        require(_kind(fs, root) is not None, "path", str(self.path), "must exist")
+        if self.kind == "auto":
+            require(_kind(fs, root) is not None, "path", redact(self.path), "must exist")
+        else:
+            found = fs.get_file_info(root).type != pafs.FileType.NotFound
+            require(found, "path", redact(self.path), "must exist")
 
     @property
     def source_name(self) -> str:
@@ -85,14 +92,31 @@ class Source:
         return _kind(fs, root) or "folder"
 
 
+# Files img2dataset writes beside its tars; anything else next to tars is ambiguous.
+_TAR_COMPANIONS = (".tar", ".parquet", ".json")
+
+
 def _kind(fs: pafs.FileSystem, root: str) -> str | None:
+    """webdataset / parquet when every file is of that kind, folder when none is; a mix
+    is refused so that no file is silently skipped."""
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         return None
     names = [info.path] if info.type == pafs.FileType.File else [f for f, _ in _files(fs, root)]
-    if any(n.endswith(".tar") for n in names):
+    names = [n for n in names if not posixpath.basename(n).startswith(".")]
+    tars = [n for n in names if n.endswith(".tar")]
+    parquets = [n for n in names if n.endswith(".parquet")]
+    if tars and all(n.endswith(_TAR_COMPANIONS) for n in names):
         return "webdataset"
-    return "parquet" if any(n.endswith(".parquet") for n in names) else "folder"
+    if parquets and not tars and len(parquets) == len(names):
+        return "parquet"
+    if tars or parquets:
+        raise ValueError(
+            f"kind: {redact(root)} mixes {len(tars)} .tar / {len(parquets)} .parquet files with "
+            f"{len(names) - len(tars) - len(parquets)} others; set kind = folder, parquet or "
+            f"webdataset explicitly"
+        )
+    return "folder"
 
 
 def _files(fs: pafs.FileSystem, root: str) -> list[tuple[str, str]]:
@@ -122,11 +146,27 @@ def make_sample_id(source: str, key: str) -> str:
     return hashlib.sha256(f"{source}\x1f{key}".encode()).hexdigest()[:24]
 
 
-def iter_samples(src: Source) -> Iterator[dict[str, Any]]:
-    """Sample rows of one source in a deterministic order."""
+def iter_samples(src: Source, warnings: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Sample rows of one source in a deterministic order; problems that lose no file
+    (a damaged tar's unreadable tail) are appended to ``warnings``."""
     fs, root = resolve_uri(src.path)
-    reader = {"folder": _iter_folder, "parquet": _iter_parquet, "webdataset": _iter_tars}
-    yield from reader[src.resolved_kind](src, fs, root)
+    if src.resolved_kind == "folder":
+        yield from _iter_folder(src, fs, root)
+    elif src.resolved_kind == "parquet":
+        yield from _iter_parquet(src, fs, root)
+    else:
+        yield from _iter_tars(src, fs, root, warnings if warnings is not None else [])
+
+
+def validate_source(src: Source) -> None:
+    """Check what can be checked before reading rows: Parquet column names."""
+    if src.resolved_kind != "parquet":
+        return
+    fs, root = resolve_uri(src.path)
+    for rel, full in _files(fs, root):
+        if rel.endswith(".parquet") and not posixpath.basename(rel).startswith(("_", ".")):
+            with fs.open_input_file(full) as handle:
+                _check_columns(src, pq.ParquetFile(handle).schema_arrow.names, _uri(fs, full))
 
 
 @dataclass(frozen=True)
@@ -206,12 +246,7 @@ def _iter_parquet(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[
 
 
 def _parquet_rows(src: Source, pf: pq.ParquetFile, rel: str, uri: str) -> Iterator[dict]:
-    names = pf.schema_arrow.names
-    for col, field in (("image_column", src.image_column), ("uri_column", src.uri_column)):
-        if field and field not in names and not (col == "image_column" and src.uri_column):
-            raise ValueError(f"{uri}: {col}={field!r} not among columns {names}")
-    if src.key_column and src.key_column not in names:
-        raise ValueError(f"{uri}: key_column={src.key_column!r} not among columns {names}")
+    _check_columns(src, pf.schema_arrow.names, uri)
     used = {src.image_column, src.uri_column, src.caption_column}
     columns = [f.name for f in pf.schema_arrow if f.name in used or not _has_binary(f.type)]
     row_index = 0
@@ -219,6 +254,14 @@ def _parquet_rows(src: Source, pf: pq.ParquetFile, rel: str, uri: str) -> Iterat
         for rec in batch.to_pylist():
             yield _parquet_row(src, rec, rel, row_index, uri)
             row_index += 1
+
+
+def _check_columns(src: Source, names: list[str], uri: str) -> None:
+    for col, field in (("image_column", src.image_column), ("uri_column", src.uri_column)):
+        if field and field not in names and not (col == "image_column" and src.uri_column):
+            raise ValueError(f"{redact(uri)}: {col}={field!r} not among columns {names}")
+    if src.key_column and src.key_column not in names:
+        raise ValueError(f"{redact(uri)}: key_column={src.key_column!r} not among columns {names}")
 
 
 def _has_binary(tp: pa.DataType) -> bool:
@@ -230,9 +273,11 @@ def _has_binary(tp: pa.DataType) -> bool:
 
 def _parquet_row(src: Source, rec: dict, rel: str, i: int, file_uri: str) -> dict[str, Any]:
     image = rec.pop(src.image_column, None) if src.image_column else None
-    if isinstance(image, dict):  # Hugging Face datasets' Image feature: {bytes, path}
-        image = image.get("bytes")
     uri = rec.pop(src.uri_column, None) if src.uri_column else None
+    if isinstance(image, dict):  # Hugging Face datasets' Image feature: {bytes, path}
+        if image.get("bytes") is None and image.get("path") and uri is None:
+            uri = image["path"]  # stored by path only: read lazily like a URI column
+        image = image.get("bytes")
     caption = rec.pop(src.caption_column, None) if src.caption_column else None
     key = str(rec[src.key_column]) if src.key_column else f"{rel}#{i}"
     if uri is None:
@@ -256,15 +301,15 @@ def _split_key(member: str) -> tuple[str, str]:
     return posixpath.join(head, stem), ext.lower()
 
 
-def _iter_tars(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[str, Any]]:
+def _iter_tars(src: Source, fs, root: str, warnings: list[str]) -> Iterator[dict[str, Any]]:
     for rel, full in _files(fs, root):
         if rel.endswith(".tar"):
-            yield from _tar_samples(src, fs, rel, full)
+            yield from _tar_samples(src, fs, rel, full, warnings)
 
 
-def _tar_samples(src: Source, fs, rel: str, full: str) -> Iterator[dict[str, Any]]:
+def _tar_samples(src: Source, fs, rel: str, full: str, warnings: list[str]) -> Iterator[dict]:
     tar_uri = _uri(fs, full, _options(src.path))
-    group: dict[str, tuple[str, bytes]] = {}
+    group: dict[str, tuple[str, bytes]] = {}  # member name -> (extension, bytes)
     key = None
     with fs.open_input_stream(full) as stream:
         try:
@@ -278,24 +323,26 @@ def _tar_samples(src: Source, fs, rel: str, full: str) -> Iterator[dict[str, Any
                         yield from _group_samples(src, rel, tar_uri, key, group)
                         group = {}
                     key = member_key
-                    group[ext] = (member.name, data)
+                    group[member.name] = (ext, data)  # by full name: k.jpg and k.JPG both stay
         except (tarfile.ReadError, EOFError, OSError) as err:
-            log.warning(
-                "%s: cut off or damaged after %s (%s); complete members kept", tar_uri, key, err
-            )
+            message = f"{redact(tar_uri)}: cut off or damaged after key {key!r} ({err})"
+            log.warning("%s; complete members kept", message)
+            warnings.append(message)
     if group:
         yield from _group_samples(src, rel, tar_uri, key, group)
 
 
 def _group_samples(src, rel, tar_uri, key, group) -> Iterator[dict[str, Any]]:
-    txt, js = group.get("txt"), group.get("json")
+    """One WebDataset key: ``.txt`` / ``.json`` members are sidecars of the others."""
+    txt = next((d for _, (e, d) in group.items() if e == "txt"), None)
+    js = next(((n, d) for n, (e, d) in group.items() if e == "json"), None)
     meta = _meta_from_json(js[1].decode("utf-8", errors="replace"), js[0]) if js else {}
-    caption = txt[1].decode("utf-8", errors="replace").strip() if txt else None
+    caption = txt.decode("utf-8", errors="replace").strip() if txt is not None else None
     if caption is None and isinstance(meta.get("caption"), str):
         caption = meta["caption"]
-    meta |= {"__key__": key, "__url__": tar_uri}
-    primary = {ext: m for ext, m in group.items() if ext not in ("txt", "json")}
+    meta |= {"__key__": key, "__url__": redact(tar_uri)}
+    primary = {n: d for n, (e, d) in group.items() if e not in ("txt", "json")}
     if not primary:  # a lone sidecar is a sample of its own, as in folders
-        primary = group
-    for _ext, (name, data) in sorted(primary.items()):
+        primary = {n: d for n, (_, d) in group.items()}
+    for name, data in sorted(primary.items()):
         yield _row(src.source_name, f"{rel}/{name}", f"{tar_uri}#{name}", data, caption, meta)

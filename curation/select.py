@@ -8,6 +8,8 @@ bytes. Samples whose profile has an ``error`` are never selected.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -105,15 +107,28 @@ def funnel(con: duckdb.DuckDBPyConnection, recipe: Recipe, source: str) -> list[
     return steps
 
 
+def require_complete(run: RunDir, table: str, source: str) -> None:
+    """``table`` has every shard of ``source``, each computed from the current input."""
+    inputs, done = run.completed(source), run.completed(table)
+    stale = [i for i in inputs if done.get(i, {}).get("input_sha256") != inputs[i].get("sha256")]
+    if not run.exists(run.success_path(table)) or stale:
+        raise FileNotFoundError(
+            f"{table}/ is incomplete in {run.display}: {len(stale)} of {len(inputs)} shards "
+            f"missing or stale; run its step first"
+        )
+
+
 def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<recipe>") -> dict:
     """Write ``out/00000.parquet ...`` and ``out/manifest.json``; return the manifest."""
+    require_complete(run, "profiles", "samples")
     con = catalog.connect(run)
     steps = funnel(con, recipe, recipe_source)
     frm, weight = _from_clause(con)
     where = " AND ".join(["profiles.error IS NULL", *(f"({p})" for p in recipe.where)])
     query = (
         f"SELECT samples.sample_id, samples.image, samples.uri, samples.caption_alt, "
-        f"profiles.width, profiles.height, {weight} AS sampling_weight, 't2i' AS task "
+        f"profiles.width, profiles.height, {weight} AS sampling_weight, 't2i' AS task, "
+        f"profiles.content_sha256 AS profiled_sha256 "
         f"FROM {frm} WHERE {where} ORDER BY samples.sample_id"
     )
     reader = con.sql(query).to_arrow_reader(recipe.rows_per_shard)
@@ -121,7 +136,11 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
     fs.create_dir(root, recursive=True)
     shards: list[dict[str, Any]] = []
     pending: list[pa.RecordBatch] = []
+    dropped: collections.Counter[str] = collections.Counter()
     for batch in reader:
+        batch = _fill_images(batch, dropped)
+        if not batch.num_rows:
+            continue
         pending.append(batch)
         while sum(b.num_rows for b in pending) >= recipe.rows_per_shard:
             table = pa.Table.from_batches(pending)
@@ -134,7 +153,7 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
     manifest = {
         "format": MANIFEST_FORMAT,
         "stage": recipe.name,
-        "run_dir": run.location,
+        "run_dir": run.display,
         "recipe": to_dict(recipe),
         "shards": shards,
         "totals": {
@@ -142,6 +161,7 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
             "shards": len(shards),
             "bytes": sum(s["bytes"] for s in shards),
             "profiled_ok": steps[0]["rows"],
+            "dropped": dict(sorted(dropped.items())),
         },
         "funnel": steps,
         "sampling": to_dict(recipe.sampling),
@@ -152,18 +172,37 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
     return manifest
 
 
-def _write_shard(fs, root: str, index: int, table: pa.Table) -> dict[str, Any]:
-    if table.column("image").null_count:  # samples that kept only a URI
-        images = [
-            data if data is not None else read_bytes(uri)
-            for data, uri in zip(
-                table.column("image").to_pylist(), table.column("uri").to_pylist(), strict=True
+def _fill_images(batch: pa.RecordBatch, dropped: collections.Counter) -> pa.RecordBatch:
+    """Read the bytes of samples kept only as a URI, and check they are what was profiled:
+    a file that changed or vanished since profiling is dropped and counted."""
+    images = batch.column("image")
+    if images.null_count:
+        values, keep = images.to_pylist(), []
+        for i, (data, uri, sha) in enumerate(
+            zip(
+                values,
+                batch.column("uri").to_pylist(),
+                batch.column("profiled_sha256").to_pylist(),
+                strict=True,
             )
-        ]
-        table = table.set_column(
-            table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())
-        )
-    table = conform(table.drop_columns(["uri"]), SHARD, name="shard")
+        ):
+            if data is None:
+                try:
+                    values[i] = data = read_bytes(uri)
+                except OSError:
+                    dropped["unreadable"] += 1
+                    continue
+                if hashlib.sha256(data).hexdigest() != sha:
+                    dropped["changed_since_profile"] += 1
+                    continue
+            keep.append(i)
+        index = batch.schema.get_field_index("image")
+        batch = batch.set_column(index, "image", pa.array(values, pa.binary())).take(keep)
+    return batch.drop_columns(["uri", "profiled_sha256"])
+
+
+def _write_shard(fs, root: str, index: int, table: pa.Table) -> dict[str, Any]:
+    table = conform(table, SHARD, name="shard")
     written = write_parquet_atomic(fs, f"{root}/{shard_name(index)}", table)
     return {"path": shard_name(index), **written}
 

@@ -1,7 +1,8 @@
 """The DuckDB catalog: every table of a run as a view named after its folder.
 
-Views list the table's completed Parquet files explicitly (bookkeeping ``_`` files are
-never read), so SQL over a run sees exactly what the markers say is there.
+Views list the table's committed Parquet files explicitly (``RunDir.committed_files``:
+marked shards only, never bookkeeping ``_`` files or what a killed run left half-written),
+so SQL over a run sees exactly what the markers say is there.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def connect(run: RunDir, database: str = ":memory:") -> duckdb.DuckDBPyConnectio
     for table in run.tables():
         if not _IDENT.match(table):
             continue
-        files = run.data_files(table)
+        files = run.committed_files(table)
+        if not files:
+            continue
         if local:
             listed = ", ".join(_sql_str(f) for f in files)
             con.execute(

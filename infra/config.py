@@ -273,8 +273,10 @@ def _load_toml(cls: type[T], path: str | Path, section: str | None, overrides: d
         if not isinstance(data, dict):
             raise ConfigError(f"expected table, got {_describe(data)}", source=source, key=section)
     for key, value in overrides.items():
-        if isinstance(value, PurePath) and not value.is_absolute():
-            overrides[key] = value.resolve()
+        target = _override_type(cls, key)
+        pathlike = isinstance(target, type) and issubclass(target, PurePath | Location)
+        if pathlike and isinstance(value, str | PurePath) and "://" not in str(value):
+            overrides[key] = value = str(Path(value).resolve())  # CLI paths: relative to cwd
         _coerce(_override_type(cls, key), value, "CLI", key)  # type errors name the CLI
         node = data
         *parents, leaf = key.split(".")

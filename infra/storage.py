@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import urllib.parse
 import uuid
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 from infra.tables import BINARY_COLUMNS
 
 ROW_GROUP_ROWS = 1024
+_MARKER = re.compile(r"_(\d+)\.done\.json")
 
 
 def shard_name(index: int, prefix: str = "") -> str:
@@ -45,7 +47,7 @@ def resolve_uri(location: str | Path) -> tuple[pafs.FileSystem, str]:
         text = text[len("file://") :]
     if "://" not in text:
         return _LOCAL, os.path.abspath(text)
-    parts = urllib.parse.urlsplit(text)
+    parts = urllib.parse.urlsplit(text, allow_fragments=False)  # '#' may be in a key
     userinfo, _, host = parts.netloc.rpartition("@")
     fs = _remote_fs(parts.scheme, userinfo, host, parts.query)
     return fs, f"{host}{parts.path}".rstrip("/") if parts.path != "/" else host
@@ -68,11 +70,22 @@ def join_uri(location: str, *parts: str) -> str:
     return "/".join([head.rstrip("/"), *parts]) + sep + query
 
 
+def redact_all(value: Any) -> Any:
+    """``value`` (nested dicts/lists) with every URI's credentials redacted, for storing."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_all(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_all(v) for v in value]
+    return value
+
+
 def redact(location: str) -> str:
     """A location safe to print: credentials in a URI replaced by ``***``."""
     if "://" not in location:
         return location
-    parts = urllib.parse.urlsplit(location)
+    parts = urllib.parse.urlsplit(location, allow_fragments=False)
     if "@" not in parts.netloc:
         return location
     return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
@@ -142,6 +155,31 @@ class RunDir:
             and not i.base_name.startswith(("_", "."))
         )
 
+    def committed_files(self, table: str) -> list[str]:
+        """Data files a reader should see: for tables with shard markers only marked shards
+        (not what a killed run left half-done); ``rejects/`` files only for shards whose
+        stage marked them done; every file of tables written whole."""
+        files = self.data_files(table)
+        if table == "rejects":
+            done = {
+                (m["stage"], i)
+                for t in self.tables()
+                if t != "rejects"
+                for i, m in self.completed(t).items()
+                if "stage" in m
+            }
+            keep = []
+            for f in files:
+                stage, _, index = f.rsplit("/", 1)[1].removesuffix(".parquet").rpartition("-")
+                if (stage, int(index)) in done:
+                    keep.append(f)
+            return keep
+        markers = self.completed(table)
+        if not markers:
+            return files
+        names = {shard_name(i) for i in markers}
+        return [f for f in files if f.rsplit("/", 1)[1] in names]
+
     def completed(self, table: str) -> dict[int, dict[str, Any]]:
         """Shard index -> marker contents, for every shard of ``table`` marked complete."""
         base = self.table_path(table)
@@ -149,9 +187,9 @@ class RunDir:
             return {}
         done = {}
         for info in self.fs.get_file_info(pafs.FileSelector(base)):
-            name = info.base_name
-            if name.startswith("_") and name.endswith(".done.json"):
-                done[int(name[1:6])] = self.read_json(info.path)
+            match = _MARKER.fullmatch(info.base_name)
+            if match:  # the index may outgrow 5 digits
+                done[int(match.group(1))] = self.read_json(info.path)
         return dict(sorted(done.items()))
 
     # writes ----------------------------------------------------------------------------

@@ -60,6 +60,9 @@ class SelectConfig:
 
     def __post_init__(self) -> None:
         require(self.recipe.is_file(), "recipe", str(self.recipe), "must be an existing file")
+        from curation.select import Recipe
+
+        load_toml(Recipe, self.recipe, relative_paths=True)  # bad recipes fail at load time
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,6 +5,7 @@ Every step writes ``RUN_DIR/stats/<step>.json`` and returns the same counters.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from collections import Counter
@@ -15,30 +16,34 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from curation.ingest import iter_samples, materialize
+from curation.ingest import iter_samples, materialize, validate_source
 from curation.select import Recipe, select
 from curation.stages.embed import EmbedTextStage
 from infra.config import load_toml, to_dict
-from infra.storage import RunDir, shard_name
+from infra.storage import RunDir, redact, shard_name
 from infra.tables import SAMPLES, conform
 from pipelines.config import IngestConfig, PipelineConfig, SelectConfig
 from pipelines.executors import get_executor
-from pipelines.executors.base import guard_settings
+from pipelines.executors.base import RunConflict, guard_settings
 
 
 def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str, Any]:
     """Sources -> ``samples/`` shards of ``rows_per_shard`` rows; finished shards are kept."""
     t0 = time.perf_counter()
+    for src in cfg.sources:  # bad column names fail before the run directory is touched
+        validate_source(src)
     settings = {"sources": [to_dict(s) for s in cfg.sources], "rows_per_shard": cfg.rows_per_shard}
     guard_settings(run, "samples", settings)
     stats_path = run.path("stats", "ingest.json")
     if run.exists(run.success_path("samples")) and run.exists(stats_path):
-        before = run.read_json(stats_path)  # complete: nothing is read again
+        # complete: nothing is read again (a changed source is not noticed; see docs)
+        before = run.read_json(stats_path)
         stats = before | {"shards_run": 0, "shards_skipped": before["shards"], "wall_seconds": 0.0}
         run.write_json(stats_path, stats)
         return stats
     done = run.completed("samples")
-    rows = itertools.chain.from_iterable(iter_samples(s) for s in cfg.sources)
+    warnings: list[str] = []
+    rows = itertools.chain.from_iterable(iter_samples(s, warnings) for s in cfg.sources)
     seen: dict[str, str] = {}
     by_source: Counter[str] = Counter()
     written = captioned = rows_run = 0
@@ -56,11 +61,18 @@ def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str
             seen[row["sample_id"]] = row["uri"]
             by_source[row["source"]] += 1
             captioned += row["caption_alt"] is not None
+        ids_sha256 = hashlib.sha256("\n".join(r["sample_id"] for r in chunk).encode()).hexdigest()
+        if index in done and done[index].get("ids_sha256") != ids_sha256:
+            raise RunConflict(
+                f"ingest: the sources changed since samples/ shard {index} was written (its "
+                f"files differ now); use a new --run directory"
+            )
         if index not in done:
             table = pa.Table.from_pylist([materialize(r) for r in chunk], schema=SAMPLES)
             table = conform(table, SAMPLES, name="samples")
             info = run.write_parquet("samples", shard_name(index), table)
-            run.write_json(run.marker_path("samples", index), {"shard": index, **info})
+            marker = {"shard": index, "ids_sha256": ids_sha256, **info}
+            run.write_json(run.marker_path("samples", index), marker)
             written += 1
             rows_run += len(chunk)
         bar.update(len(chunk))
@@ -77,6 +89,7 @@ def ingest(run: RunDir, cfg: IngestConfig, *, progress: bool = True) -> dict[str
         "shards": shards,
         "shards_run": written,
         "shards_skipped": shards - written,
+        "warnings": warnings[:50],
         "rows_run": rows_run,
         "wall_seconds": round(wall := time.perf_counter() - t0, 3),
         "rows_per_s": round(rows_run / wall, 2) if rows_run else None,
@@ -115,7 +128,7 @@ def select_step(run: RunDir, cfg: SelectConfig) -> dict[str, Any]:
     stats = {
         "stage": "select",
         "recipe": str(cfg.recipe),
-        "out": out,
+        "out": redact(out),
         "in": manifest["totals"]["profiled_ok"],
         "ok": manifest["totals"]["rows"],
         "shards": manifest["totals"]["shards"],

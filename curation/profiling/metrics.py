@@ -42,11 +42,25 @@ def compression_ratio(width: int, height: int, channels: int, bit_depth: int, n:
     return width * height * channels * bit_depth / 8.0 / max(n, 1)
 
 
+JPEG_MAX_SIDE = 65_500  # the format's limit
+
+
 def jpeg_bpp(rgb: Image.Image, quality: int) -> float:
-    """Bytes per pixel of a transient in-memory JPEG re-encode at ``quality`` (4:2:0)."""
-    buf = io.BytesIO()
-    rgb.save(buf, "JPEG", quality=quality)
-    return buf.tell() / (rgb.width * rgb.height)
+    """Bytes per pixel of a transient in-memory JPEG re-encode at ``quality`` (4:2:0).
+
+    Images longer than JPEG's 65,500 px limit are encoded in tiles whose sizes are summed
+    (each tile adds its own few hundred header bytes).
+    """
+    w, h = rgb.size
+    total = 0
+    for top in range(0, h, JPEG_MAX_SIDE):
+        for left in range(0, w, JPEG_MAX_SIDE):
+            box = (left, top, min(left + JPEG_MAX_SIDE, w), min(top + JPEG_MAX_SIDE, h))
+            tile = rgb if box == (0, 0, w, h) else rgb.crop(box)
+            buf = io.BytesIO()
+            tile.save(buf, "JPEG", quality=quality)
+            total += buf.tell()
+    return total / (w * h)
 
 
 def border_variance(rgb: Image.Image, border: int) -> float:

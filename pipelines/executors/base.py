@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from infra.config import to_dict
 from infra.stage import Stage
-from infra.storage import RunDir, shard_name
+from infra.storage import RunDir, redact_all, shard_name
 from infra.tables import ERROR_DETAIL, REJECTS, conform
 
 # Stage fields that do not change outputs (may differ between a run and its resume).
@@ -39,6 +39,7 @@ class RunConflict(RuntimeError):
 def guard_settings(run: RunDir, table: str, settings: dict[str, Any]) -> None:
     """Refuse to mix shards made with different settings in one table."""
     path = run.path(table, "_settings.json")
+    settings = redact_all(settings)  # credentials in URIs are never stored
     if run.exists(path):
         before = run.read_json(path)
         if before != settings:
@@ -60,6 +61,11 @@ class ShardJob:
 
 def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
     """(pending jobs, number of input shards). Requires a complete input table."""
+    for side in stage.side_inputs:
+        if not run.exists(run.success_path(side)):
+            raise StageInputMissing(
+                f"stage {stage.name!r} needs a complete {side}/ table in {run.display}"
+            )
     if not run.exists(run.success_path(stage.input_table)):
         raise StageInputMissing(
             f"stage {stage.name!r} needs a complete {stage.input_table}/ table in {run.display} "
@@ -73,13 +79,35 @@ def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
             f"{run.display}/{stage.input_table}/ was written by an older zfoundry without "
             f"content hashes; use a new --run directory"
         )
+    _drop_orphans(stage, run, set(inputs))
     done = run.completed(stage.output_table)
     jobs = [
         ShardJob(i, run.path(stage.input_table, shard_name(i)), marker["sha256"])
         for i, marker in inputs.items()
         if done.get(i, {}).get("input_sha256") != marker["sha256"]  # missing, or input changed
     ]
+    if jobs:  # the table is not complete until these are done
+        run.delete([run.success_path(stage.output_table)])
     return jobs, len(inputs)
+
+
+def _drop_orphans(stage: Stage, run: RunDir, inputs: set[int]) -> None:
+    """Remove output shards whose input shard no longer exists (e.g. after a re-ingest with
+    another shard size), so they can never be read as results."""
+    orphans = set(run.completed(stage.output_table)) - inputs
+    for path in run.data_files(stage.output_table):
+        index = int(path.rsplit("/", 1)[1].split(".")[0])
+        if index not in inputs:
+            orphans.add(index)
+    run.delete(
+        p
+        for i in orphans
+        for p in (
+            run.path(stage.output_table, shard_name(i)),
+            run.marker_path(stage.output_table, i),
+            run.path("rejects", shard_name(i, prefix=stage.name)),
+        )
+    )
 
 
 def split_rejects(table: pa.Table, stage_name: str, schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
@@ -159,6 +187,7 @@ def run_shard(stage: Stage, run: RunDir, job: ShardJob) -> dict[str, Any]:
     written = run.write_parquet(stage.output_table, shard_name(job.index), main)
     reasons = collections.Counter(rejects.column("reason").to_pylist())
     stats = {
+        "stage": stage.name,
         "shard": job.index,
         "input": job.input_path,
         "input_sha256": job.input_sha256,
@@ -181,7 +210,9 @@ def finish(
     """Mark the output table complete and write ``stats/<stage>.json`` over all shards."""
     markers = run.completed(stage.output_table)
     inputs = run.completed(stage.input_table)
-    stale = [i for i, m in markers.items() if m.get("input_sha256") != inputs[i]["sha256"]]
+    stale = [
+        i for i, m in markers.items() if m.get("input_sha256") != inputs.get(i, {}).get("sha256")
+    ]
     if stale or len(markers) != len(inputs):
         raise RuntimeError(f"{stage.output_table}/: shards {stale} do not match their inputs")
     reasons: collections.Counter[str] = collections.Counter()

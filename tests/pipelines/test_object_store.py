@@ -83,6 +83,11 @@ def test_pipeline_with_inputs_and_run_directory_in_s3(s3, tmp_path):
         assert json.loads(f.read()) == manifest
     assert manifest["totals"]["rows"] == 28  # 25 photos + the 3 in the tar
     assert "testing:testing" not in run.display
+    stored = fs.get_file_info(pafs.FileSelector("zfoundry", recursive=True))
+    for info in stored:  # settings, markers, stats, manifest: no credentials anywhere
+        if info.type == pafs.FileType.File and info.path.endswith(".json"):
+            with fs.open_input_stream(info.path) as f:
+                assert b"testing:testing" not in f.read(), info.path
 
 
 @pytest.mark.ray
