@@ -83,10 +83,22 @@ def vectors_schema(dim: int, dtype: str = "float16") -> pa.Schema:
     )
 
 
+# Samples nearest to failure cases (zfoundry prune); recipes exclude them with
+# "sample_id NOT IN (SELECT sample_id FROM prune)".
+PRUNE = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("failure", pa.string(), nullable=False),
+        pa.field("sim", pa.float32(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "profiles": PROFILES,
     "rejects": REJECTS,
+    "prune": PRUNE,
 }
 
 # Stage outputs may carry this extra column next to `error`; the framework moves it into

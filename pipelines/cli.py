@@ -304,3 +304,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# Commands defined in other modules register on `app` when imported (after everything above).
+from pipelines import cli_vectors  # noqa: E402, F401

@@ -42,3 +42,22 @@ def coco_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared sample data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def embedded_run(tmp_path_factory, edge_dir):
+    """The bundled photos + bad-input corpus, profiled and embedded (tiny CLIP), once."""
+    from curation.stages.embed import EmbedImagesStage, EmbedTextStage
+    from pipelines.executors import get_executor
+    from tests.helpers import ingest_folders, profile
+
+    run = ingest_folders(
+        tmp_path_factory.mktemp("embedded"),
+        EXAMPLES / "data" / "coco25",
+        edge_dir,
+        rows_per_shard=8,
+    )
+    profile(run)
+    ex = get_executor("local", progress=False)
+    stats = ex.run_stage(EmbedImagesStage(), run), ex.run_stage(EmbedTextStage(), run)
+    return run, stats

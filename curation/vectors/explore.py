@@ -20,20 +20,14 @@ import numpy as np
 import pyarrow as pa
 
 from curation.vectors.index import as_matrix, check_unit, search
+from infra.tables import PRUNE
 
 if TYPE_CHECKING:
     import faiss
 
-PRUNE_SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("failure", pa.string(), nullable=False),
-        pa.field("sim", pa.float32(), nullable=False),
-        pa.field("rank", pa.int32(), nullable=False),
-    ]
-)
-"""One row per pool sample to prune: its closest failure case, cosine, and its rank among
-that failure's neighbours (0 = nearest)."""
+PRUNE_SCHEMA = PRUNE
+"""One row per pool sample to prune (the ``prune`` table contract in infra.tables): its
+closest failure case, cosine, and its rank among that failure's neighbours (0 = nearest)."""
 
 
 def _queries(

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from curation.clip import TINY, load_clip, tiny_checkpoint
-from curation.stages.embed import EmbedImagesStage, EmbedTextStage
+from curation.stages.embed import EmbedImagesStage
 from tests.conftest import EXAMPLES
 from tests.helpers import ingest_folders, profile, read_table
 
@@ -18,16 +18,8 @@ def matrix(table: pa.Table) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory, edge_dir):
-    from pipelines.executors import get_executor
-
-    run = ingest_folders(
-        tmp_path_factory.mktemp("run"), EXAMPLES / "data" / "coco25", edge_dir, rows_per_shard=8
-    )
-    profile(run)
-    ex = get_executor("local", progress=False)
-    stats = ex.run_stage(EmbedImagesStage(), run), ex.run_stage(EmbedTextStage(), run)
-    return run, stats
+def embedded(embedded_run):
+    return embedded_run
 
 
 def test_one_normalised_vector_per_decodable_sample(embedded):
