@@ -45,6 +45,10 @@ class Stage(abc.ABC):
     side_inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
     """Other tables whose shard *i* is row-aligned with input shard *i* (e.g. ``profiles``
     next to ``samples``): these columns are appended to every input batch."""
+    side_lookups: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Other tables whose shard *i* holds a subset of input shard *i*'s samples (e.g.
+    ``text_vectors`` next to ``vectors``): joined by ``sample_id``, null where absent,
+    and appended as ``<table>.<column>``."""
     one_to_one: ClassVar[bool] = True
     """Exactly one output row per input row. Otherwise the stage may skip rows (counted
     as ``skipped``: rows in - rows out - rejected)."""

@@ -83,6 +83,19 @@ def vectors_schema(dim: int, dtype: str = "float16") -> pa.Schema:
     )
 
 
+SCORES = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("aesthetic", pa.float64()),
+        pa.field("aesthetic_version", pa.string()),
+        pa.field("aigc_prob", pa.float64()),
+        pa.field("aigc_version", pa.string()),
+        pa.field("nsfw_prob", pa.float64()),
+        pa.field("nsfw_version", pa.string()),
+        pa.field("clip_score", pa.float64()),  # cosine(image, alt caption); null: no caption
+    ]
+)
+
 # Samples nearest to failure cases (zfoundry prune); recipes exclude them with
 # "sample_id NOT IN (SELECT sample_id FROM prune)".
 PRUNE = pa.schema(
@@ -99,6 +112,7 @@ TABLES: dict[str, pa.Schema] = {
     "profiles": PROFILES,
     "rejects": REJECTS,
     "prune": PRUNE,
+    "scores": SCORES,
 }
 
 # Stage outputs may carry this extra column next to `error`; the framework moves it into

@@ -10,7 +10,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.cli import JsonOpt, RunArg, _existing_run, _fail, app
+from infra.config import ConfigError
+from pipelines.cli import (
+    AddressOpt,
+    ExecutorKind,
+    ExecutorOpt,
+    JsonOpt,
+    RunArg,
+    SetOpt,
+    _executor,
+    _existing_run,
+    _fail,
+    app,
+)
 
 
 def _table(rows: list[dict], title: str, columns: list[str]) -> None:
@@ -134,4 +146,73 @@ def prune(
             _with_keys(run, rows)[:50],
             f"prune list ({len(rows)} samples) -> {run.display}/prune/",
             ["failure", "rank", "sim", "key"],
+        )
+
+
+@app.command()
+def score(
+    run_dir: RunArg,
+    executor: ExecutorOpt = ExecutorKind.ray,
+    address: AddressOpt = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Take \\[score] settings from this pipeline file.")
+    ] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quality and safety heads on the stored embeddings -> scores/ (plus clip_score).
+
+    Heads: --set aesthetic=PATH, aigc=PATH, nsfw=PATH (zfoundry head files, or LAION's /
+    UnivFD's published checkpoints); unset heads leave their column null.
+    """
+    from curation.stages.score import ScoreStage
+    from pipelines.cli import _report, _stage
+    from pipelines.steps import score_stage
+
+    try:
+        run = _existing_run(run_dir)
+        stage = score_stage(run, _stage(ScoreStage, "score", config, set_))
+        stats = _executor(executor, address).run_stage(stage, run)
+    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
+        _fail(err)
+    _report(run_dir, "score", stats, as_json)
+
+
+heads_app = typer.Typer(
+    help="Train scoring heads on a run's stored embeddings.", no_args_is_help=True
+)
+app.add_typer(heads_app, name="heads")
+
+
+@heads_app.command("train")
+def heads_train(
+    run_dir: RunArg,
+    head: Annotated[str, typer.Option(help="aesthetic (regressor), aigc or nsfw (classifiers).")],
+    labels: Annotated[
+        Path, typer.Option(help="Parquet with sample_id and a label column.", exists=True)
+    ],
+    label_column: Annotated[str, typer.Option(help="Label column (0/1, or a score).")] = "label",
+    out: Annotated[
+        Path | None, typer.Option(help="Head file (default RUN_DIR/heads/HEAD.safetensors).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the initialisation.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit a head from labels; report its held-out AUC / Spearman; save it for `score`."""
+    from curation.scoring import train_head_on_run
+
+    try:
+        run = _existing_run(run_dir)
+        if out is None:
+            if run.fs.type_name != "local":
+                raise ValueError("--out is required for runs in object storage")
+            out = Path(run.root) / "heads" / f"{head}.safetensors"
+        result = train_head_on_run(run, head, labels, out, label_column=label_column, seed=seed)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        _table(
+            [result], f"head {head} -> {result['path']}", [k for k in result if k not in ("path",)]
         )

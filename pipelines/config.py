@@ -13,9 +13,10 @@ from typing import Any, Literal
 from curation.ingest import Source
 from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
+from curation.stages.score import ScoreStage
 from infra.config import load_toml, require
 
-Step = Literal["ingest", "profile", "embed", "select"]
+Step = Literal["ingest", "profile", "embed", "score", "select"]
 STEPS: tuple[Step, ...] = ("ingest", "profile", "select")
 
 
@@ -79,6 +80,8 @@ class PipelineConfig:
     """Settings of the profile stage."""
     embed: EmbedImagesStage = field(default_factory=EmbedImagesStage)
     """CLIP model and batching for the embed step (image and caption towers)."""
+    score: ScoreStage = field(default_factory=ScoreStage)
+    """Head files for the score step (unset heads leave their column null)."""
     select: SelectConfig | None = None
     """Settings of the select step (required when it is listed)."""
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from curation.ingest import iter_samples, materialize, validate_source
 from curation.select import Recipe, select
 from curation.stages.embed import EmbedTextStage
+from curation.stages.score import ScoreStage
 from infra.config import load_toml, to_dict
 from infra.storage import RunDir, redact, shard_name
 from infra.tables import SAMPLES, conform
@@ -120,6 +121,20 @@ def embed(run: RunDir, cfg: PipelineConfig) -> dict[str, Any]:
     return stats
 
 
+def score(run: RunDir, cfg: PipelineConfig) -> dict[str, Any]:
+    """Heads over vectors/ -> scores/, with the run's CLIP model recorded for contracts."""
+    return _executor(cfg).run_stage(score_stage(run, cfg.score), run)
+
+
+def score_stage(run: RunDir, stage: ScoreStage) -> ScoreStage:
+    settings = run.read_json(run.path("vectors", "_settings.json"))
+    fields = to_dict(stage) | {
+        "clip_model": settings["model"],
+        "pretrained": settings["pretrained"],
+    }
+    return ScoreStage(**fields)
+
+
 def select_step(run: RunDir, cfg: SelectConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     recipe = load_toml(Recipe, cfg.recipe, relative_paths=True)
@@ -150,6 +165,8 @@ def run_pipeline(
             results[step] = ingest(run, cfg.ingest, progress=cfg.executor.progress)
         elif step == "profile":
             results[step] = profile(run, cfg)
+        elif step == "score":
+            results[step] = score(run, cfg)
         elif step == "embed":
             results[step] = embed(run, cfg)
             results["embed_text"] = results[step].pop("text")

@@ -61,7 +61,8 @@ class ShardJob:
 
 def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
     """(pending jobs, number of input shards). Requires a complete input table."""
-    for side in stage.side_inputs:
+    optional = [t for t in stage.side_lookups if not run.exists(run.table_path(t))]
+    for side in [*stage.side_inputs, *(t for t in stage.side_lookups if t not in optional)]:
         if not run.exists(run.success_path(side)):
             raise StageInputMissing(
                 f"stage {stage.name!r} needs a complete {side}/ table in {run.display}"
@@ -154,12 +155,27 @@ def _input_batches(stage: Stage, run: RunDir, job: ShardJob) -> Iterator[pa.Tabl
     if stage.side_inputs:
         ids = pq.read_table(job.input_path, columns=["sample_id"], filesystem=run.fs)
         side = _side_columns(stage, run, job, ids.column("sample_id"))
+    lookups = {  # a lookup table that does not exist at all reads as all-null
+        table: pq.read_table(
+            run.path(table, shard_name(job.index)), columns=["sample_id", *cols], filesystem=run.fs
+        )
+        if run.exists(run.table_path(table))
+        else pa.table({"sample_id": pa.array([], pa.string()), **{c: pa.array([]) for c in cols}})
+        for table, cols in stage.side_lookups.items()
+    }
     offset = 0
     for batch in source.iter_batches(batch_size=getattr(stage, "batch_rows", 256), columns=columns):
         table = pa.Table.from_batches([batch])
         if side is not None:
             for name in side.column_names:
                 table = table.append_column(name, side.column(name).slice(offset, len(table)))
+        for name, part in lookups.items():
+            where = {sid: i for i, sid in enumerate(part.column("sample_id").to_pylist())}
+            rows = pa.array(
+                [where.get(s) for s in table.column("sample_id").to_pylist()], pa.int64()
+            )
+            for col in part.column_names[1:]:
+                table = table.append_column(f"{name}.{col}", part.column(col).take(rows))
         offset += len(table)
         yield table
 
