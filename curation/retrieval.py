@@ -35,22 +35,28 @@ class RunVectors:
 
 
 def load_vectors(run: RunDir, table: str = "vectors") -> RunVectors:
+    """Every committed row of ``table``. zfoundry's own tables are fingerprinted by their
+    shard hashes; a table another tool wrote to the contract (no markers) by file names,
+    sizes and modification times."""
     markers = run.completed(table)
-    if not markers or not run.exists(run.success_path(table)):
-        raise FileNotFoundError(f"{table}/ is missing or incomplete in {run.display}; run embed")
-    parts = [
-        pq.read_table(run.path(table, shard_name(i)), filesystem=run.fs) for i in sorted(markers)
-    ]
-    data = pa.concat_tables(parts)
+    if markers and not run.exists(run.success_path(table)):
+        raise FileNotFoundError(f"{table}/ is incomplete in {run.display}; run embed")
+    files = run.committed_files(table)
+    if not files:
+        raise FileNotFoundError(f"{table}/ is missing in {run.display}; run embed")
+    data = pa.concat_tables([pq.read_table(f, filesystem=run.fs) for f in files])
     emb = data.column("embedding").combine_chunks()
     matrix = np.asarray(emb.flatten()).reshape(len(emb), -1).astype(np.float32)
-    fingerprint = hashlib.sha256("".join(markers[i]["sha256"] for i in sorted(markers)).encode())
+    if markers:
+        parts = [markers[i]["sha256"] for i in sorted(markers)]
+    else:
+        infos = run.fs.get_file_info(files)
+        parts = [f"{i.path}:{i.size}:{i.mtime_ns}" for i in infos]
+    fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     models = set(data.column("model").to_pylist())
     if len(models) != 1:
         raise ValueError(f"{table}/ mixes embeddings of several models: {sorted(models)}")
-    return RunVectors(
-        data.column("sample_id").to_pylist(), matrix, fingerprint.hexdigest(), models.pop()
-    )
+    return RunVectors(data.column("sample_id").to_pylist(), matrix, fingerprint, models.pop())
 
 
 def run_model(run: RunDir) -> EmbedImagesStage:

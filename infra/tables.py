@@ -96,6 +96,25 @@ SCORES = pa.schema(
     ]
 )
 
+DEDUP = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("community", pa.int64(), nullable=False),  # duplicate group; singletons too
+        pa.field("community_size", pa.int64(), nullable=False),
+        pa.field("keep", pa.bool_(), nullable=False),  # exactly one keeper per community
+        pa.field("dup_of", pa.string()),  # the keeper's sample_id; null for keepers
+        pa.field("semantic_cluster", pa.int64(), nullable=False),  # coarser Leiden level
+    ]
+)
+
+KNN_EDGES = pa.schema(
+    [
+        pa.field("src", pa.string(), nullable=False),
+        pa.field("dst", pa.string(), nullable=False),
+        pa.field("sim", pa.float32(), nullable=False),
+    ]
+)
+
 # Samples nearest to failure cases (zfoundry prune); recipes exclude them with
 # "sample_id NOT IN (SELECT sample_id FROM prune)".
 PRUNE = pa.schema(
@@ -113,6 +132,8 @@ TABLES: dict[str, pa.Schema] = {
     "rejects": REJECTS,
     "prune": PRUNE,
     "scores": SCORES,
+    "dedup": DEDUP,
+    "knn_edges": KNN_EDGES,
 }
 
 # Stage outputs may carry this extra column next to `error`; the framework moves it into

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -216,3 +217,39 @@ def heads_train(
         _table(
             [result], f"head {head} -> {result['path']}", [k for k in result if k not in ("path",)]
         )
+
+
+class DedupMethod(StrEnum):
+    knn_leiden = "knn-leiden"
+    range = "range"
+    semdedup = "semdedup"
+
+
+@app.command()
+def dedup(
+    run_dir: RunArg,
+    k: Annotated[int | None, typer.Option("--k", help="Neighbours per item (default 100).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Duplicate cosine (default 0.95).")
+    ] = None,
+    method: Annotated[DedupMethod | None, typer.Option(help="Grouping method.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Take \\[dedup] settings from this pipeline file.")
+    ] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Semantic dedup: k-NN graph + Leiden communities -> dedup/ (one keeper per community)
+    and knn_edges/. Works on any vectors/ table written to the contract."""
+    from curation.dedup.run import DedupConfig
+    from curation.dedup.run import dedup as run_dedup
+    from pipelines.cli import _report, _stage
+
+    extra = [f"k={k}"] * (k is not None) + [f"threshold={threshold}"] * (threshold is not None)
+    extra += [f'method="{method.value}"'] * (method is not None)
+    try:
+        cfg = _stage(DedupConfig, "dedup", config, [*(set_ or []), *extra])
+        stats = run_dedup(_existing_run(run_dir), cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    _report(run_dir, "dedup", stats, as_json)

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from curation.dedup.run import DedupConfig
 from curation.ingest import Source
 from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
 from curation.stages.score import ScoreStage
 from infra.config import load_toml, require
 
-Step = Literal["ingest", "profile", "embed", "score", "select"]
+Step = Literal["ingest", "profile", "embed", "score", "dedup", "select"]
 STEPS: tuple[Step, ...] = ("ingest", "profile", "select")
 
 
@@ -82,6 +83,8 @@ class PipelineConfig:
     """CLIP model and batching for the embed step (image and caption towers)."""
     score: ScoreStage = field(default_factory=ScoreStage)
     """Head files for the score step (unset heads leave their column null)."""
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    """Semantic dedup settings (method, k, thresholds, keeper order)."""
     select: SelectConfig | None = None
     """Settings of the select step (required when it is listed)."""
 

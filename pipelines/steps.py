@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from curation.dedup.run import dedup
 from curation.ingest import iter_samples, materialize, validate_source
 from curation.select import Recipe, select
 from curation.stages.embed import EmbedTextStage
@@ -167,6 +168,8 @@ def run_pipeline(
             results[step] = profile(run, cfg)
         elif step == "score":
             results[step] = score(run, cfg)
+        elif step == "dedup":
+            results[step] = dedup(run, cfg.dedup)
         elif step == "embed":
             results[step] = embed(run, cfg)
             results["embed_text"] = results[step].pop("text")

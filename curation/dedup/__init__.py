@@ -1,0 +1,1 @@
+"""Deduplication: kNN graph + Leiden, range and SemDeDup baselines, pHash near-duplicates."""

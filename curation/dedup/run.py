@@ -1,0 +1,191 @@
+"""The dedup step over a run: ``vectors/`` -> ``dedup/`` + ``knn_edges/`` (a global step).
+
+Works on any ``vectors/`` written to the contract. One k-NN search at the lower of the two
+thresholds serves both the duplicate graph (``threshold``) and the coarser semantic graph
+(``cluster_threshold``, whose Leiden communities become ``semantic_cluster`` for balancing).
+Keepers follow ``keep_order``: DuckDB ORDER BY expressions over ``profiles`` / ``scores``
+(e.g. ``"profiles.width * profiles.height DESC"``); ties and the default fall back to
+``sample_id``. Re-running with the same settings and vectors does nothing; changed settings
+recompute (no model runs here).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from curation.dedup.graph import canonical, knn_edges, leiden, range_groups
+from curation.retrieval import load_vectors
+from infra import catalog
+from infra.config import ConfigError, require, to_dict
+from infra.storage import RunDir
+from infra.tables import DEDUP, KNN_EDGES, conform
+
+ROWS_PER_FILE = 1_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig:
+    """Settings of ``zfoundry dedup`` / the ``[dedup]`` table of a pipeline file."""
+
+    method: Literal["knn-leiden", "range", "semdedup"] = "knn-leiden"
+    """knn-leiden (the report's), range (SD3's exact baseline) or semdedup (NeMo / Meta's)."""
+    k: int = 100
+    """Neighbours per item in the k-NN graph."""
+    threshold: float = 0.95
+    """Cosine at or above which two items are duplicates (an edge of the duplicate graph)."""
+    cluster_threshold: float = 0.75
+    """Lower cosine for the semantic graph whose communities are ``semantic_cluster``."""
+    resolution: float = 1.0
+    """Leiden modularity resolution (higher: smaller communities)."""
+    semdedup_clusters: int = 0
+    """SemDeDup's k-means clusters (0: about sqrt(n))."""
+    index: str = "auto"
+    """faiss index: auto (by size), flat, ivf, ivfpq, or a faiss factory string."""
+    keep_order: tuple[str, ...] = ()
+    """ORDER BY expressions choosing each community's keeper (first wins)."""
+    seed: int = 0
+    """Seed of index training, Leiden and k-means."""
+
+    def __post_init__(self) -> None:
+        require(self.k >= 1, "k", self.k, "must be >= 1")
+        require(-1.0 <= self.threshold <= 1.0, "threshold", self.threshold, "must be a cosine")
+        require(
+            -1.0 <= self.cluster_threshold <= self.threshold,
+            "cluster_threshold",
+            self.cluster_threshold,
+            "must be a cosine <= threshold",
+        )
+        require(self.resolution > 0, "resolution", self.resolution, "must be > 0")
+
+
+def dedup(run: RunDir, cfg: DedupConfig) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    vectors = load_vectors(run)
+    settings = {"config": to_dict(cfg), "vectors": vectors.fingerprint}
+    stats_path = run.path("stats", "dedup.json")
+    marker = run.path("dedup", "_settings.json")
+    done = run.exists(run.success_path("dedup")) and run.exists(marker) and run.exists(stats_path)
+    if done and run.read_json(marker) == settings:
+        return run.read_json(stats_path) | {"skipped_step": True}
+    x, ids, n = vectors.matrix, vectors.ids, len(vectors.ids)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    spec = None if cfg.index == "auto" else cfg.index
+    src, dst, sim = knn_edges(x, k=cfg.k, threshold=cfg.cluster_threshold, spec=spec, seed=cfg.seed)
+    timings["knn_s"] = time.perf_counter() - t
+    dup = sim >= cfg.threshold
+    t = time.perf_counter()
+    if cfg.method == "knn-leiden":
+        groups = leiden(n, src[dup], dst[dup], sim[dup], resolution=cfg.resolution, seed=cfg.seed)
+    elif cfg.method == "range":
+        groups = range_groups(x, threshold=cfg.threshold)
+    else:
+        from curation.dedup.semdedup import semdedup
+
+        clusters = cfg.semdedup_clusters or max(1, int(np.sqrt(n)))
+        eps = 1.0 - cfg.threshold
+        groups = canonical(semdedup(x, n_clusters=clusters, eps=eps, seed=cfg.seed))
+    timings["groups_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    semantic = leiden(n, src, dst, sim, resolution=cfg.resolution, seed=cfg.seed)
+    timings["semantic_s"] = time.perf_counter() - t
+    rank = keeper_rank(run, ids, cfg.keep_order)
+    table = dedup_table(ids, groups, semantic, rank)
+    _write(run, "dedup", conform(table, DEDUP, name="dedup"))
+    edges = pa.table(
+        {
+            "src": pa.array(np.asarray(ids, object)[src[dup]], pa.string()),
+            "dst": pa.array(np.asarray(ids, object)[dst[dup]], pa.string()),
+            "sim": pa.array(sim[dup], pa.float32()),
+        }
+    )
+    _write(run, "knn_edges", conform(edges, KNN_EDGES, name="knn_edges"))
+    run.write_json(marker, settings)
+    keep = table.column("keep").to_numpy(zero_copy_only=False)
+    stats = {
+        "stage": "dedup",
+        "method": cfg.method,
+        "in": n,
+        "ok": n,
+        "rejected": 0,
+        "communities": int(groups.max() + 1) if n else 0,
+        "kept": int(keep.sum()),
+        "duplicates": int(n - keep.sum()),
+        "semantic_clusters": int(semantic.max() + 1) if n else 0,
+        "edges": int(dup.sum()),
+        **{k: round(v, 3) for k, v in timings.items()},
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "rows_per_s": round(n / (time.perf_counter() - t0), 1),
+    }
+    run.write_json(run.success_path("dedup"), {"rows": n})
+    run.write_json(stats_path, stats)
+    return stats
+
+
+def keeper_rank(run: RunDir, ids: list[str], keep_order: tuple[str, ...]) -> np.ndarray:
+    """Position of every item in the quality order (0 = best); ties by sample_id."""
+    con = catalog.connect(run)
+    con.register("dedup_items", pa.table({"sample_id": ids, "item": np.arange(len(ids))}))
+    joins = " ".join(
+        f"LEFT JOIN {t} USING (sample_id)"
+        for t in ("profiles", "scores")
+        if t in catalog.views(con)
+    )
+    for i, expr in enumerate(keep_order):
+        try:
+            con.execute(f"SELECT 1 FROM dedup_items {joins} ORDER BY {expr} LIMIT 0")
+        except Exception as err:
+            raise ConfigError(f"{expr!r}: {err}", source="dedup", key=f"keep_order[{i}]") from None
+    order = ", ".join([*keep_order, "dedup_items.sample_id"])
+    items = con.execute(f"SELECT item FROM dedup_items {joins} ORDER BY {order}").fetchnumpy()[
+        "item"
+    ]
+    rank = np.empty(len(ids), np.int64)
+    rank[np.asarray(items, np.int64)] = np.arange(len(ids))
+    return rank
+
+
+def dedup_table(
+    ids: list[str], groups: np.ndarray, semantic: np.ndarray, rank: np.ndarray
+) -> pa.Table:
+    """One row per item; exactly one keeper (lowest rank) per community."""
+    n = len(ids)
+    order = np.lexsort((rank, groups))  # by group, then quality
+    first = np.ones(n, bool)
+    first[1:] = groups[order][1:] != groups[order][:-1]
+    keeper_of_group = np.empty(int(groups.max()) + 1 if n else 0, np.int64)
+    keeper_of_group[groups[order][first]] = order[first]
+    keeper = keeper_of_group[groups]
+    keep = keeper == np.arange(n)
+    size = np.bincount(groups)[groups]
+    id_arr = np.asarray(ids, object)
+    dup_of = np.where(keep, None, id_arr[keeper])
+    table = pa.table(
+        {
+            "sample_id": pa.array(ids, pa.string()),
+            "community": pa.array(groups, pa.int64()),
+            "community_size": pa.array(size, pa.int64()),
+            "keep": pa.array(keep),
+            "dup_of": pa.array(dup_of.tolist(), pa.string()),
+            "semantic_cluster": pa.array(semantic, pa.int64()),
+        }
+    )
+    return table.sort_by("sample_id")
+
+
+def _write(run: RunDir, name: str, table: pa.Table) -> None:
+    """Replace the table's files (written whole, sorted, in files of ROWS_PER_FILE rows)."""
+    old = set(run.data_files(name))
+    run.delete([run.success_path(name)])
+    written = set()
+    for i, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
+        part = table.slice(start, ROWS_PER_FILE)
+        run.write_parquet(name, f"{i:05d}.parquet", part)
+        written.add(run.path(name, f"{i:05d}.parquet"))
+    run.delete(old - written)
+    run.write_json(run.success_path(name), {"rows": table.num_rows})
