@@ -111,12 +111,16 @@ def canonical(labels: np.ndarray) -> np.ndarray:
 
 def pairs(labels: np.ndarray) -> set[tuple[int, int]]:
     """All unordered pairs (i < j) sharing a label: for pairwise precision / recall."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels: must be 1-D, got shape {labels.shape}")
     out: set[tuple[int, int]] = set()
-    order = np.argsort(labels, kind="stable")
+    order = np.argsort(labels, kind="stable")  # members of a group in increasing index
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
     for members in np.split(order, bounds):
-        m = sorted(members.tolist())
-        out.update((a, b) for i, a in enumerate(m) for b in m[i + 1 :])
+        if len(members) > 1:
+            i, j = np.triu_indices(len(members), k=1)
+            out.update(zip(members[i].tolist(), members[j].tolist(), strict=True))
     return out
 
 

@@ -132,3 +132,14 @@ def test_cli_dedup_json(tmp_path, data):
     assert res.exit_code == 0, res.output
     stats = json.loads(res.output)
     assert stats["method"] == "range" and stats["in"] == 300
+
+
+def test_semdedup_method_through_the_step(tmp_path, data):
+    x, truth = data
+    ids = write_foreign_vectors(tmp_path, x)
+    run = RunDir(tmp_path)
+    stats = dedup(run, DedupConfig(method="semdedup", k=20, semdedup_clusters=40))
+    by_id = {r["sample_id"]: r for r in read_table(run, "dedup").to_pylist()}
+    scores = pair_scores(np.asarray([by_id[i]["community"] for i in ids]), truth)
+    assert scores["precision"] >= 0.99 and scores["recall"] >= 0.9, scores
+    assert stats["kept"] == stats["communities"]
