@@ -63,7 +63,7 @@ def leiden(
     order of each community's smallest member; isolated items are singletons."""
     import igraph as ig
 
-    graph = ig.Graph(n=n, edges=np.column_stack([src, dst]).tolist(), directed=False)
+    graph = ig.Graph(n=n, edges=np.column_stack([src, dst]), directed=False)
     ig.set_random_number_generator(random.Random(seed))
     try:
         parts = graph.community_leiden(
