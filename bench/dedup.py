@@ -100,17 +100,22 @@ def main() -> None:
                 continue
             stats, labels = run_method(args.work, ids, method, args.k)
             scores = pair_scores(labels, truth)
+            # The method's own work: kNN + Leiden for ours; the range search or SemDeDup alone
+            # for the baselines (the step also runs kNN for semantic_cluster under every method).
+            own = stats["groups_s"] + (stats["knn_s"] if method == "knn-leiden" else 0.0)
             row[method] = {
-                "wall_s": round(stats["wall"], 1),
-                "items_per_s": round(n / stats["wall"]),
+                "method_s": round(own, 2),
+                "items_per_s": round(n / own),
+                "step_wall_s": round(stats["wall"], 1),
                 "f1": round(scores["f1"], 4),
                 "knn_s": stats["knn_s"],
                 "groups_s": stats["groups_s"],
                 "labels": labels,
             }
             print(
-                f"n={n} {method:10s} {stats['wall']:8.1f} s  {n / stats['wall']:8.0f} items/s  "
-                f"F1 {scores['f1']:.4f}  (knn {stats['knn_s']} s, groups {stats['groups_s']} s)"
+                f"n={n} {method:10s} method {own:8.1f} s {n / own:8.0f} items/s  F1 "
+                f"{scores['f1']:.4f}  (step {stats['wall']:.1f} s: knn {stats['knn_s']} s, "
+                f"groups {stats['groups_s']} s)"
             )
         if "range" in row:
             for method in ("knn-leiden", "semdedup"):
@@ -130,11 +135,11 @@ def main() -> None:
                 "items_per_s": knn["items_per_s"],
                 "f1_vs_truth": knn["f1"],
                 "f1_vs_exact": knn.get("f1_vs_exact"),
-                "speedup_vs_range": round(last["range"]["wall_s"] / knn["wall_s"], 2)
+                "speedup_vs_range": round(last["range"]["method_s"] / knn["method_s"], 2)
                 if "range" in last
                 else None,
                 "f1_semdedup": sem["f1"],
-                "speedup_vs_semdedup": round(sem["wall_s"] / knn["wall_s"], 2),
+                "speedup_vs_semdedup": round(sem["method_s"] / knn["method_s"], 2),
                 "per_n": summary,
             }
         )

@@ -24,13 +24,14 @@ def knn_edges(
     spec: str | None = None,
     seed: int = 0,
     batch: int = 16384,
+    nprobe: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Undirected edges (src < dst, each once) between each item and those of its ``k``
     nearest neighbours with cosine >= ``threshold``: (src int64, dst int64, sim float32)."""
     n = len(vectors)
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    index = build_index(vectors, spec=spec, seed=seed)
+    index = build_index(vectors, spec=spec, seed=seed, nprobe=nprobe)
     srcs, dsts, sims = [], [], []
     for start in range(0, n, batch):
         q = vectors[start : start + batch]

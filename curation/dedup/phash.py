@@ -5,12 +5,13 @@ so bit 63 is the first bit of imagehash's hex string. They are packed big-endian
 faiss binary codes, so code byte ``k`` is hex digits ``2k, 2k+1``; the Hamming distance does not
 depend on the packing, only which bits multi-index hashing slices into substrings does.
 
-Pairs are exact for either method: ``"flat"`` (``IndexBinaryFlat``, brute-force popcount in C,
+Pairs are exact for every method: ``"flat"`` (``IndexBinaryFlat``, brute-force popcount in C,
 O(n^2 / 2) work) or ``"mih"`` (``IndexBinaryMultiHash``: the 64 bits are cut into ``nhash``
 disjoint ``b``-bit substrings; two codes within ``radius`` agree to within ``radius // nhash``
 bits on at least one substring (pigeonhole), so probing every bucket within that many flips of
-each query substring and verifying the full distance finds them all). faiss range search keeps
-distances strictly below its threshold, so it is called with ``radius + 1``.
+each query substring and verifying the full distance finds them all); ``"auto"`` (the default)
+picks the one a cost model predicts is faster for n and radius (``choose_method``). faiss range
+search keeps distances strictly below its threshold, so it is called with ``radius + 1``.
 
 Codes are added to the index batch by batch and each batch queries the codes added so far,
 keeping only earlier neighbours: each pair is found once and the flat scan does half the work.
@@ -24,7 +25,12 @@ from typing import Any
 import numpy as np
 
 MAX_RADIUS = 32  # half of the 64 bits: two unrelated hashes differ in ~32 bits
-METHODS = ("flat", "mih")
+METHODS = ("auto", "flat", "mih")
+# "auto" cost model, per query, fitted on one x86 core (faiss 1.15, AVX2): the flat scan takes
+# ~0.85 ns per stored code (half of n on average); MIH ~3 us plus ~150 ns per unit of
+# ``_mih_cost``. Both parallelise over queries alike, so the ratio holds with more threads.
+FLAT_NS_PER_CODE = 0.85
+MIH_NS_PER_QUERY, MIH_NS_PER_UNIT = 3000.0, 150.0
 
 
 def _faiss() -> Any:
@@ -66,17 +72,31 @@ def mih_params(n: int, radius: int) -> tuple[int, int, int]:
     n / 2^b, uniform hashes). Roughly b ~ log2(n) plus a few bits at radius 8.
     """
 
-    def cost(b: int) -> float:
-        nhash = 64 // b
-        probes = nhash * sum(math.comb(b, k) for k in range(radius // nhash + 1))
-        return probes * (1.0 + n / 2.0**b)
-
-    b = min(range(8, 33), key=cost)
+    b = min(range(8, 33), key=lambda b: _mih_cost(n, radius, b))
     return 64 // b, b, radius // (64 // b)
+
+
+def _mih_cost(n: int, radius: int, b: int) -> float:
+    nhash = 64 // b
+    probes = nhash * sum(math.comb(b, k) for k in range(radius // nhash + 1))
+    return probes * (1.0 + n / 2.0**b)
+
+
+def choose_method(n: int, radius: int) -> str:
+    """``"mih"`` where the cost model above predicts it beats the flat scan, else ``"flat"``.
+
+    With these constants MIH is chosen from n ~ 1e4 at radius 0-2, ~3e4 at radius 4, ~3e5 at
+    radius 8, ~1e7 at radius 10-11, and never below 1e9 at radius >= 12.
+    """
+    b = mih_params(n, radius)[1]
+    mih = MIH_NS_PER_QUERY + MIH_NS_PER_UNIT * _mih_cost(n, radius, b)
+    return "mih" if mih < FLAT_NS_PER_CODE * n / 2 else "flat"
 
 
 def _index(method: str, n: int, radius: int) -> Any:
     faiss = _faiss()
+    if method == "auto":
+        method = choose_method(n, radius)
     if method == "flat":
         return faiss.IndexBinaryFlat(64)
     nhash, b, nflip = mih_params(n, radius)
@@ -86,7 +106,7 @@ def _index(method: str, n: int, radius: int) -> Any:
 
 
 def phash_pairs_with_distance(
-    hashes: np.ndarray, *, radius: int, batch: int = 65536, method: str = "flat"
+    hashes: np.ndarray, *, radius: int, batch: int = 65536, method: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
     """All pairs (i, j), i < j, with popcount(hashes[i] ^ hashes[j]) <= radius, and that distance.
 
@@ -116,14 +136,14 @@ def phash_pairs_with_distance(
 
 
 def phash_pairs(
-    hashes: np.ndarray, *, radius: int, batch: int = 65536, method: str = "flat"
+    hashes: np.ndarray, *, radius: int, batch: int = 65536, method: str = "auto"
 ) -> np.ndarray:
     """(m, 2) int64 pairs i < j within Hamming ``radius``; see ``phash_pairs_with_distance``."""
     return phash_pairs_with_distance(hashes, radius=radius, batch=batch, method=method)[0]
 
 
 def phash_groups(
-    hashes: np.ndarray, *, radius: int, batch: int = 65536, method: str = "flat"
+    hashes: np.ndarray, *, radius: int, batch: int = 65536, method: str = "auto"
 ) -> np.ndarray:
     """(n,) int64 connected-component id of each hash under "within ``radius``": the smallest
     index in its component (a singleton's id is its own index).

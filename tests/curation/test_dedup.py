@@ -143,3 +143,26 @@ def test_semdedup_method_through_the_step(tmp_path, data):
     scores = pair_scores(np.asarray([by_id[i]["community"] for i in ids]), truth)
     assert scores["precision"] >= 0.99 and scores["recall"] >= 0.9, scores
     assert stats["kept"] == stats["communities"]
+
+
+def test_phash_near_duplicates_merge_into_communities(tmp_path, data):
+    x, _ = data
+    ids = write_foreign_vectors(tmp_path, x[:200])
+    rng = np.random.default_rng(3)
+    hashes = rng.integers(0, 2**63, 200, dtype=np.uint64)
+    hashes[7] = hashes[150] ^ np.uint64(0b101)  # 2 bits apart: perceptual duplicates
+    (tmp_path / "profiles").mkdir()
+    pq.write_table(
+        pa.table({"sample_id": ids, "phash": pa.array(hashes, pa.uint64())}),
+        tmp_path / "profiles" / "p.parquet",
+    )
+    run = RunDir(tmp_path)
+    plain = {
+        r["sample_id"]: r
+        for r in (dedup(run, DedupConfig(k=10)) and read_table(run, "dedup").to_pylist())
+    }
+    assert plain[ids[7]]["community"] != plain[ids[150]]["community"]
+    dedup(run, DedupConfig(k=10, phash_radius=4))
+    merged = {r["sample_id"]: r for r in read_table(run, "dedup").to_pylist()}
+    assert merged[ids[7]]["community"] == merged[ids[150]]["community"]
+    assert sum(r["keep"] for r in merged.values()) == len({r["community"] for r in merged.values()})
