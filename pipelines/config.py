@@ -6,6 +6,7 @@ wrong types and out-of-range values fail at load time, naming the file and the k
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,9 +16,9 @@ from curation.ingest import Source
 from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
 from curation.stages.score import ScoreStage
-from infra.config import load_toml, require
+from infra.config import Location, load_toml, require
 
-Step = Literal["ingest", "profile", "embed", "score", "dedup", "select"]
+Step = Literal["ingest", "profile", "embed", "score", "dedup", "prune", "select"]
 STEPS: tuple[Step, ...] = ("ingest", "profile", "select")
 
 
@@ -68,6 +69,22 @@ class SelectConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    """Failure-case pruning: samples nearest to what the model gets wrong -> ``prune/``."""
+
+    failures: Location
+    """A text file of failure prompts (one per line) or a folder of failure images."""
+    k: int = 20
+    """Nearest samples per failure case."""
+    threshold: float | None = None
+    """Only samples at least this similar (cosine)."""
+
+    def __post_init__(self) -> None:
+        require(os.path.exists(self.failures), "failures", str(self.failures), "must exist")
+        require(self.k >= 1, "k", self.k, "must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
     """A pipeline file: the ordered steps and each step's settings."""
 
@@ -85,12 +102,14 @@ class PipelineConfig:
     """Head files for the score step (unset heads leave their column null)."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
     """Semantic dedup settings (method, k, thresholds, keeper order)."""
+    prune: PruneConfig | None = None
+    """Failure cases for the prune step (required when it is listed)."""
     select: SelectConfig | None = None
     """Settings of the select step (required when it is listed)."""
 
     def __post_init__(self) -> None:
         require(len(set(self.steps)) == len(self.steps), "steps", self.steps, "must be unique")
-        for step in ("ingest", "select"):
+        for step in ("ingest", "prune", "select"):
             if step in self.steps:
                 require(getattr(self, step) is not None, step, None, f"needs a [{step}] table")
 

@@ -12,11 +12,20 @@ import sys
 import typing
 from pathlib import Path
 
+from curation.dedup.run import DedupConfig
 from curation.ingest import Source
 from curation.select import Recipe, Sampling
+from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
+from curation.stages.score import ScoreStage
 from infra.config import field_docs
-from pipelines.config import ExecutorConfig, IngestConfig, PipelineConfig, SelectConfig
+from pipelines.config import (
+    ExecutorConfig,
+    IngestConfig,
+    PipelineConfig,
+    PruneConfig,
+    SelectConfig,
+)
 
 SECTIONS = [
     ("Pipeline file: top level", PipelineConfig),
@@ -24,6 +33,10 @@ SECTIONS = [
     ("Pipeline file: `[ingest]`", IngestConfig),
     ("Pipeline file: `[[ingest.sources]]`", Source),
     ("Pipeline file: `[profile]`", ProfileStage),
+    ("Pipeline file: `[embed]`", EmbedImagesStage),
+    ("Pipeline file: `[score]`", ScoreStage),
+    ("Pipeline file: `[dedup]`", DedupConfig),
+    ("Pipeline file: `[prune]`", PruneConfig),
     ("Pipeline file: `[select]`", SelectConfig),
     ("Recipe: top level", Recipe),
     ("Recipe: `[sampling]`", Sampling),

@@ -24,7 +24,7 @@ from curation.stages.score import ScoreStage
 from infra.config import load_toml, to_dict
 from infra.storage import RunDir, redact, shard_name
 from infra.tables import SAMPLES, conform
-from pipelines.config import IngestConfig, PipelineConfig, SelectConfig
+from pipelines.config import IngestConfig, PipelineConfig, PruneConfig, SelectConfig
 from pipelines.executors import get_executor
 from pipelines.executors.base import RunConflict, guard_settings
 
@@ -136,6 +136,28 @@ def score_stage(run: RunDir, stage: ScoreStage) -> ScoreStage:
     return ScoreStage(**fields)
 
 
+def prune_step(run: RunDir, cfg: PruneConfig) -> dict[str, Any]:
+    """Samples nearest to the failure cases -> prune/ (recipes exclude them by subquery)."""
+    from curation.retrieval import image_files, run_prune
+
+    t0 = time.perf_counter()
+    failures = Path(cfg.failures)
+    if failures.is_dir():
+        table = run_prune(run, images=image_files(failures), k=cfg.k, threshold=cfg.threshold)
+    else:
+        prompts = [x.strip() for x in failures.read_text().splitlines() if x.strip()]
+        table = run_prune(run, prompts=prompts, k=cfg.k, threshold=cfg.threshold)
+    stats = {
+        "stage": "prune",
+        "in": table.num_rows,
+        "ok": table.num_rows,
+        "failures": len(set(table.column("failure").to_pylist())),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+    }
+    run.write_json(run.path("stats", "prune.json"), stats)
+    return stats
+
+
 def select_step(run: RunDir, cfg: SelectConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     recipe = load_toml(Recipe, cfg.recipe, relative_paths=True)
@@ -170,6 +192,9 @@ def run_pipeline(
             results[step] = score(run, cfg)
         elif step == "dedup":
             results[step] = dedup(run, cfg.dedup)
+        elif step == "prune":
+            assert cfg.prune is not None
+            results[step] = prune_step(run, cfg.prune)
         elif step == "embed":
             results[step] = embed(run, cfg)
             results["embed_text"] = results[step].pop("text")

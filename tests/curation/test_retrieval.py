@@ -71,3 +71,39 @@ def _samples(run):
     from tests.helpers import read_table
 
     return read_table(run, "samples").to_pylist()
+
+
+def test_embed_score_dedup_prune_select_in_one_pipeline(tmp_path, edge_dir):
+    import shutil
+
+    pool = tmp_path / "pool"
+    shutil.copytree(EXAMPLES / "data" / "coco25", pool)
+    (tmp_path / "fail.txt").write_text("a photo with six fingers\n")
+    (tmp_path / "r.toml").write_text(
+        'name = "clean"\nwhere = ["dedup.keep", "sample_id NOT IN (SELECT sample_id FROM prune)"]\n'
+    )
+    (tmp_path / "p.toml").write_text(
+        'steps = ["ingest", "profile", "embed", "score", "dedup", "prune", "select"]\n'
+        '[executor]\nkind = "local"\n[[ingest.sources]]\npath = "pool"\n'
+        "[dedup]\nk = 10\nthreshold = 0.999\n"
+        '[prune]\nfailures = "fail.txt"\nk = 3\n'
+        '[select]\nrecipe = "r.toml"\nout = "shards"\n'
+    )
+    res = runner.invoke(app, ["run", str(tmp_path / "p.toml"), "--run", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "run" / "shards" / "manifest.json").read_text())
+    dedup = json.loads((tmp_path / "run" / "stats" / "dedup.json").read_text())
+    assert manifest["totals"]["rows"] == dedup["kept"] - 3 + _kept_among_pruned(tmp_path / "run")
+
+
+def _kept_among_pruned(run_dir) -> int:
+    from infra import catalog
+    from infra.storage import RunDir
+
+    con = catalog.connect(RunDir(run_dir))
+    return (
+        3
+        - con.execute(
+            "SELECT count(*) FROM prune JOIN dedup USING (sample_id) WHERE dedup.keep"
+        ).fetchone()[0]
+    )
