@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from curation.dedup.graph import pair_scores  # noqa: E402
 from curation.dedup.run import DedupConfig, dedup  # noqa: E402
 from infra.storage import RunDir  # noqa: E402
-from infra.tables import vectors_schema  # noqa: E402
+from infra.tables import conform, vectors_schema, vectors_table  # noqa: E402
 
 
 def planted(n: int, d: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -54,14 +53,10 @@ def write_vectors(root: Path, x: np.ndarray) -> list[str]:
     shutil.rmtree(root, ignore_errors=True)
     (root / "vectors").mkdir(parents=True)
     ids = [f"{i:09d}" for i in range(len(x))]
-    flat = pa.array(x.astype(np.float16).reshape(-1), pa.float16())
-    table = pa.table(
-        {
-            "sample_id": ids,
-            "model": ["bench"] * len(ids),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, x.shape[1]),
-        },
-        schema=vectors_schema(x.shape[1]),
+    table = conform(
+        vectors_table(ids, "bench", x.astype(np.float16)),
+        vectors_schema(x.shape[1]),
+        name="vectors",
     )
     pq.write_table(table, root / "vectors" / "part-0.parquet")
     return ids

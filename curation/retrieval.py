@@ -23,7 +23,7 @@ from curation.profiling.decode import decode, to_rgb8
 from curation.stages.embed import EmbedImagesStage
 from curation.vectors import IndexCache, nearest_to_failures, prune_list, search, voids
 from infra.storage import RunDir, shard_name
-from infra.tables import PRUNE, conform
+from infra.tables import PRUNE, conform, embedding_matrix
 
 
 @dataclass
@@ -45,8 +45,7 @@ def load_vectors(run: RunDir, table: str = "vectors") -> RunVectors:
     if not files:
         raise FileNotFoundError(f"{table}/ is missing in {run.display}; run embed")
     data = pa.concat_tables([pq.read_table(f, filesystem=run.fs) for f in files])
-    emb = data.column("embedding").combine_chunks()
-    matrix = np.asarray(emb.flatten()).reshape(len(emb), -1).astype(np.float32)
+    matrix = embedding_matrix(data.column("embedding"))
     if markers:
         parts = [markers[i]["sha256"] for i in sorted(markers)]
     else:

@@ -8,6 +8,7 @@ the model's dimension (:func:`vectors_schema`). Later issues add their tables he
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 SAMPLES = pa.schema(
@@ -114,6 +115,25 @@ KNN_EDGES = pa.schema(
         pa.field("sim", pa.float32(), nullable=False),
     ]
 )
+
+
+def vectors_table(ids: list[str], model: str, matrix: np.ndarray) -> pa.Table:
+    """A ``vectors`` / ``text_vectors`` table from an (n, D) float16 or float32 matrix."""
+    flat = pa.array(matrix.reshape(-1), type=pa.from_numpy_dtype(matrix.dtype))
+    return pa.table(
+        {
+            "sample_id": pa.array(ids, pa.string()),
+            "model": pa.array([model] * len(ids), pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]),
+        }
+    )
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The (n, D) float32 matrix of a non-null ``embedding`` column."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return np.asarray(arr.flatten()).reshape(len(arr), -1).astype(np.float32)
+
 
 # Samples nearest to failure cases (zfoundry prune); recipes exclude them with
 # "sample_id NOT IN (SELECT sample_id FROM prune)".

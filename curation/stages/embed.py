@@ -20,7 +20,7 @@ from curation.profiling.decode import DecodeError, decode, to_rgb8
 from infra.config import require
 from infra.stage import Resources, Stage
 from infra.storage import read_bytes
-from infra.tables import ERROR_DETAIL, vectors_schema
+from infra.tables import ERROR_DETAIL, vectors_schema, vectors_table
 
 
 @dataclass(kw_only=True)
@@ -77,14 +77,7 @@ class _ClipStage(Stage):
     def _rows(self, ids: list[str], vectors: np.ndarray) -> pa.Table:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         unit = (vectors / np.maximum(norms, 1e-12)).astype(self.dtype)
-        flat = pa.array(unit.reshape(-1), type=pa.from_numpy_dtype(unit.dtype))
-        return pa.table(
-            {
-                "sample_id": pa.array(ids, pa.string()),
-                "model": pa.array([model_id(self.model, self.pretrained)] * len(ids), pa.string()),
-                "embedding": pa.FixedSizeListArray.from_arrays(flat, self.clip.dim),
-            }
-        )
+        return vectors_table(ids, model_id(self.model, self.pretrained), unit)
 
     @staticmethod
     def _profiled(table: pa.Table) -> pa.Table:

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from infra.config import Location, require
 from infra.stage import Stage
-from infra.tables import SCORES
+from infra.tables import SCORES, embedding_matrix
 
 HEAD_FIELDS = {"aesthetic": "aesthetic", "aigc": "aigc_prob", "nsfw": "nsfw_prob"}
 
@@ -58,7 +58,7 @@ class ScoreStage(Stage):
 
         from curation.heads import check_contract
 
-        images = _matrix(table.column("embedding"))
+        images = embedding_matrix(table.column("embedding"))
         model, weights = run_contract(self.clip_model, self.pretrained)
         out: dict[str, Any] = {"sample_id": table.column("sample_id")}
         for name, column in HEAD_FIELDS.items():
@@ -98,17 +98,11 @@ def _load(name: str, path: str):
     return head, contract, meta["version"]
 
 
-def _matrix(column: pa.ChunkedArray) -> np.ndarray:
-    flat = column.combine_chunks()
-    return np.asarray(flat.flatten()).reshape(len(flat), -1).astype(np.float32)
-
-
 def _cosines(images: np.ndarray, captions: pa.ChunkedArray) -> pa.Array:
     arr = captions.combine_chunks()
     valid = np.asarray(arr.is_valid())
     sims = np.full(len(images), np.nan)
     if valid.any():
-        filled = arr.filter(arr.is_valid())
-        text = np.asarray(filled.flatten()).reshape(len(filled), -1).astype(np.float32)
+        text = embedding_matrix(arr.filter(arr.is_valid()))
         sims[valid] = np.sum(images[valid] * text, axis=1)
     return pa.array(sims, pa.float64(), mask=~valid)
