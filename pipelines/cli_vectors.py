@@ -236,20 +236,25 @@ def dedup(
     config: Annotated[
         Path | None, typer.Option(help="Take \\[dedup] settings from this pipeline file.")
     ] = None,
+    executor: ExecutorOpt = ExecutorKind.ray,
+    address: AddressOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Semantic dedup: k-NN graph + Leiden communities -> dedup/ (one keeper per community)
-    and knn_edges/. Works on any vectors/ table written to the contract."""
+    and knn_edges/. Works on any vectors/ table written to the contract. With the ray
+    executor, k-NN query shards and Leiden parts run as Ray tasks against one shared index
+    (a single shard runs in process)."""
     from curation.dedup.run import DedupConfig
     from curation.dedup.run import dedup as run_dedup
-    from pipelines.cli import _report, _stage
+    from pipelines.cli import _executor, _report, _stage
 
     extra = [f"k={k}"] * (k is not None) + [f"threshold={threshold}"] * (threshold is not None)
     extra += [f'method="{method.value}"'] * (method is not None)
     try:
         cfg = _stage(DedupConfig, "dedup", config, [*(set_ or []), *extra])
-        stats = run_dedup(_existing_run(run_dir), cfg)
+        ex = _executor(executor, address)
+        stats = run_dedup(_existing_run(run_dir), cfg, task_map=ex.map_tasks, progress=not as_json)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         _fail(err)
     _report(run_dir, "dedup", stats, as_json)

@@ -191,7 +191,8 @@ def run_pipeline(
         elif step == "score":
             results[step] = score(run, cfg)
         elif step == "dedup":
-            results[step] = dedup(run, cfg.dedup)
+            ex = _executor(cfg)
+            results[step] = dedup(run, cfg.dedup, task_map=ex.map_tasks, progress=ex.progress)
         elif step == "prune":
             assert cfg.prune is not None
             results[step] = prune_step(run, cfg.prune)

@@ -13,42 +13,10 @@ import random
 
 import numpy as np
 
-from curation.vectors import build_index, search
+from curation.dedup.knn import TaskMap, local_map
 
-
-def knn_edges(
-    vectors: np.ndarray,
-    *,
-    k: int,
-    threshold: float,
-    spec: str | None = None,
-    seed: int = 0,
-    batch: int = 16384,
-    nprobe: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Undirected edges (src < dst, each once) between each item and those of its ``k``
-    nearest neighbours with cosine >= ``threshold``: (src int64, dst int64, sim float32)."""
-    n = len(vectors)
-    if n < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    index = build_index(vectors, spec=spec, seed=seed, nprobe=nprobe)
-    srcs, dsts, sims = [], [], []
-    for start in range(0, n, batch):
-        q = vectors[start : start + batch]
-        sim, ids = search(index, q, min(k + 1, n))  # +1: the item itself comes back first
-        rows = np.repeat(np.arange(start, start + len(q)), ids.shape[1]).reshape(ids.shape)
-        keep = (ids >= 0) & (ids != rows) & (sim >= threshold)
-        a, b = rows[keep], ids[keep]
-        srcs.append(np.minimum(a, b))
-        dsts.append(np.maximum(a, b))
-        sims.append(sim[keep])
-    src, dst, sim = np.concatenate(srcs), np.concatenate(dsts), np.concatenate(sims)
-    key = src * n + dst
-    order = np.lexsort((-sim, key))  # per pair keep the highest similarity seen
-    key, src, dst, sim = key[order], src[order], dst[order], sim[order]
-    first = np.ones(len(key), bool)
-    first[1:] = key[1:] != key[:-1]
-    return src[first], dst[first], sim[first].astype(np.float32)
+LEIDEN_PART_EDGES = 4_000_000
+"""Edges per Leiden part: connected components are packed into parts of about this size."""
 
 
 def leiden(
@@ -59,23 +27,71 @@ def leiden(
     *,
     resolution: float = 1.0,
     seed: int = 0,
+    part_edges: int = LEIDEN_PART_EDGES,
+    task_map: TaskMap = local_map,
 ) -> np.ndarray:
     """Leiden communities (modularity, edge weight = cosine) as int64 labels, renumbered in
-    order of each community's smallest member; isolated items are singletons."""
+    order of each community's smallest member; isolated items are singletons.
+
+    Leiden communities are connected, so no community spans two connected components, and
+    modularity splits into a sum over components once each part's resolution is scaled by
+    its share of the total edge weight (resolution * m_part / m: the null-model term
+    k_i k_j / 2m keeps the global m). Components are therefore packed into parts of about
+    ``part_edges`` edges and each part solved on its own (through ``task_map``: in process
+    or as Ray tasks) with the same objective as one global run. A component larger than
+    ``part_edges`` is one part."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    labels = np.arange(n, dtype=np.int64)
+    if len(src) == 0:
+        return labels
+    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    edge_comp = comp[src]
+    comp_edges = np.bincount(edge_comp, minlength=comp.max() + 1)
+    part_of_comp = _pack(comp_edges, part_edges)
+    edge_part = part_of_comp[edge_comp]
+    total = float(sim.sum())
+    order = np.argsort(edge_part, kind="stable")
+    cuts = np.flatnonzero(np.diff(edge_part[order])) + 1
+    args = []
+    for idx in np.split(order, cuts):
+        s, d, w = src[idx], dst[idx], sim[idx]
+        args.append((s, d, w, resolution * float(w.sum()) / total, seed))
+    for nodes, member in task_map(_leiden_part, None, args):
+        labels[nodes] = n + nodes[member]  # a part's community: its first member (+n: no clash)
+    return canonical(labels)
+
+
+def _pack(sizes: np.ndarray, limit: int) -> np.ndarray:
+    """Part number of each component: consecutive components while the part holds < limit."""
+    ends = np.cumsum(sizes)
+    return ((ends - 1) // max(1, limit)).astype(np.int64) if len(sizes) else sizes
+
+
+def _leiden_part(
+    _: None, src: np.ndarray, dst: np.ndarray, sim: np.ndarray, resolution: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes, index into nodes of each node's community's first member) for one part."""
     import igraph as ig
 
-    graph = ig.Graph(n=n, edges=np.column_stack([src, dst]), directed=False)
+    nodes, local = np.unique(np.concatenate([src, dst]), return_inverse=True)
+    edges = local.reshape(2, -1).T
+    graph = ig.Graph(n=len(nodes), edges=edges, directed=False)
     ig.set_random_number_generator(random.Random(seed))
     try:
         parts = graph.community_leiden(
             objective_function="modularity",
-            weights=sim.astype(float).tolist() if len(sim) else None,
+            weights=sim.astype(float).tolist(),
             resolution=resolution,
             n_iterations=-1,  # until stable
         )
     finally:
         ig.set_random_number_generator(random)
-    return canonical(np.asarray(parts.membership, np.int64))
+    member = np.asarray(parts.membership, np.int64)
+    _, first = np.unique(member, return_index=True)  # nodes are sorted: first = smallest
+    return nodes, first[member]
 
 
 def range_groups(vectors: np.ndarray, *, threshold: float, batch: int = 4096) -> np.ndarray:

@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from tqdm.auto import tqdm
 
-from curation.dedup.graph import canonical, knn_edges, leiden, range_groups
+from curation.dedup.graph import canonical, leiden, range_groups
+from curation.dedup.knn import TaskMap, local_map, self_knn
 from curation.retrieval import load_vectors
 from infra import catalog
 from infra.config import ConfigError, require, to_dict
@@ -45,10 +47,14 @@ class DedupConfig:
     semdedup_clusters: int = 0
     """SemDeDup's k-means clusters (0: about sqrt(n))."""
     index: str = "auto"
-    """faiss index: auto (by size), flat, ivf, ivfpq, or a faiss factory string."""
+    """k-NN index: auto (blocked on CPU, a faiss GPU index when a GPU is seen), blocked (IVF
+    cells scored by matrix products; exact below 20k items), exact, or a faiss index: flat,
+    ivf, ivfpq, or a factory string (see docs/architecture.md, "Dedup")."""
     nprobe: int = 16
-    """IVF lists searched per query. Near-duplicates share a cell, so a small value keeps
-    their recall (F1 1.0 at 100k in bench/dedup.py) and is ~15x faster than probing 1/8."""
+    """IVF cells searched per query. Near-duplicates share a cell, so a small value keeps
+    their recall (F1 1.0 at 1M in bench/dedup.py)."""
+    shard_queries: int = 65_536
+    """Queries per k-NN task (the unit spread over Ray tasks; results do not depend on it)."""
     keep_order: tuple[str, ...] = ()
     """ORDER BY expressions choosing each community's keeper (first wins)."""
     phash_radius: int | None = None
@@ -68,12 +74,19 @@ class DedupConfig:
         )
         require(self.resolution > 0, "resolution", self.resolution, "must be > 0")
         require(self.nprobe >= 1, "nprobe", self.nprobe, "must be >= 1")
+        require(self.shard_queries >= 1, "shard_queries", self.shard_queries, "must be >= 1")
 
 
-def dedup(run: RunDir, cfg: DedupConfig) -> dict[str, Any]:
+def dedup(
+    run: RunDir, cfg: DedupConfig, *, task_map: TaskMap = local_map, progress: bool = False
+) -> dict[str, Any]:
+    """Run the dedup step; ``task_map`` spreads k-NN shards and Leiden parts (an executor's
+    ``map_tasks``: in process or Ray tasks)."""
     t0 = time.perf_counter()
     vectors = load_vectors(run)
-    settings = {"config": to_dict(cfg), "vectors": vectors.fingerprint}
+    config = to_dict(cfg)
+    config.pop("shard_queries")  # changes where the work runs, not the result
+    settings = {"config": config, "vectors": vectors.fingerprint}
     stats_path = run.path("stats", "dedup.json")
     marker = run.path("dedup", "_settings.json")
     done = run.exists(run.success_path("dedup")) and run.exists(marker) and run.exists(stats_path)
@@ -82,15 +95,31 @@ def dedup(run: RunDir, cfg: DedupConfig) -> dict[str, Any]:
     x, ids, n = vectors.matrix, vectors.ids, len(vectors.ids)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    spec = None if cfg.index == "auto" else cfg.index
-    src, dst, sim = knn_edges(
-        x, k=cfg.k, threshold=cfg.cluster_threshold, spec=spec, seed=cfg.seed, nprobe=cfg.nprobe
-    )
+    with tqdm(desc="dedup k-NN", unit="shard", disable=not progress) as bar:
+        (src, dst, sim), knn_info = self_knn(
+            x,
+            k=cfg.k,
+            threshold=cfg.cluster_threshold,
+            index=cfg.index,
+            nprobe=cfg.nprobe,
+            seed=cfg.seed,
+            task_map=task_map,
+            shard_queries=cfg.shard_queries,
+            progress=bar.update,
+        )
     timings["knn_s"] = time.perf_counter() - t
     dup = sim >= cfg.threshold
     t = time.perf_counter()
     if cfg.method == "knn-leiden":
-        groups = leiden(n, src[dup], dst[dup], sim[dup], resolution=cfg.resolution, seed=cfg.seed)
+        groups = leiden(
+            n,
+            src[dup],
+            dst[dup],
+            sim[dup],
+            resolution=cfg.resolution,
+            seed=cfg.seed,
+            task_map=task_map,
+        )
     elif cfg.method == "range":
         groups = range_groups(x, threshold=cfg.threshold)
     else:
@@ -103,7 +132,7 @@ def dedup(run: RunDir, cfg: DedupConfig) -> dict[str, Any]:
         groups = merge_phash(run, ids, groups, cfg.phash_radius)
     timings["groups_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    semantic = leiden(n, src, dst, sim, resolution=cfg.resolution, seed=cfg.seed)
+    semantic = leiden(n, src, dst, sim, resolution=cfg.resolution, seed=cfg.seed, task_map=task_map)
     timings["semantic_s"] = time.perf_counter() - t
     rank = keeper_rank(run, ids, cfg.keep_order)
     table = dedup_table(ids, groups, semantic, rank)
@@ -129,6 +158,7 @@ def dedup(run: RunDir, cfg: DedupConfig) -> dict[str, Any]:
         "duplicates": int(n - keep.sum()),
         "semantic_clusters": int(semantic.max() + 1) if n else 0,
         "edges": int(dup.sum()),
+        "knn": knn_info,
         **{k: round(v, 3) for k, v in timings.items()},
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "rows_per_s": round(n / (time.perf_counter() - t0), 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from infra.stage import Stage
@@ -13,6 +14,11 @@ class Executor(Protocol):
 
     def run_stage(self, stage: Stage, run: RunDir) -> dict[str, Any]:
         """Run ``stage`` over every pending shard; return the stage's counters."""
+        ...
+
+    def map_tasks(self, fn: Callable[..., Any], shared: Any, args: list[tuple]) -> Iterable[Any]:
+        """``fn(shared, *a)`` for each ``a`` in ``args``, results in order; ``shared`` is
+        sent once (global steps such as dedup spread their shards with this)."""
         ...
 
 

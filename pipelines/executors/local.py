@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -28,3 +29,6 @@ class LocalExecutor:
             for job in bar:
                 ran.append(run_shard(stage, run, job))
         return finish(stage, run, executor=self.name, ran=ran, wall_s=time.perf_counter() - t0)
+
+    def map_tasks(self, fn: Callable[..., Any], shared: Any, args: list[tuple]) -> Iterator[Any]:
+        return (fn(shared, *a) for a in args)

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -57,6 +57,10 @@ def _data_context(progress: bool) -> Iterator[None]:
         yield
     finally:
         ctx.op_resource_reservation_enabled, ctx.enable_progress_bars = saved
+
+
+def _call(fn: Callable[..., Any], shared: Any, *args: Any) -> Any:
+    return fn(shared, *args)
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -108,6 +112,25 @@ class RayExecutor:
             with _data_context(self.progress):
                 ran = self._map_shards(stage, run, jobs)
         return finish(stage, run, executor=self.name, ran=ran, wall_s=time.perf_counter() - t0)
+
+    def map_tasks(self, fn: Callable[..., Any], shared: Any, args: list[tuple]) -> Iterator[Any]:
+        """One Ray task (1 CPU) per ``args`` entry; ``shared`` goes to the object store once
+        and every task on a node reads it from shared memory (numpy arrays zero-copy). A
+        single task runs in process unless Ray is already up (no start-up for small inputs)."""
+        import ray
+
+        if len(args) <= 1 and not ray.is_initialized():
+            yield from (fn(shared, *a) for a in args)
+            return
+        ensure_ray(self.address, self.num_cpus)
+        ref = ray.put(shared)
+        task = ray.remote(num_cpus=1)(_call)
+        refs = [task.remote(fn, ref, *a) for a in args]
+        try:
+            for r in refs:
+                yield ray.get(r)
+        finally:
+            del ref
 
     def _map_shards(self, stage: Stage, run: RunDir, jobs: list[ShardJob]) -> list[dict]:
         import ray

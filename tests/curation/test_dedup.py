@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.dedup.graph import knn_edges, leiden, pair_scores, range_groups
+from curation.dedup.graph import leiden, pair_scores, range_groups
+from curation.dedup.knn import knn_shard, merge_edges, plan_knn, self_knn
 from curation.dedup.run import DedupConfig, dedup
 from infra.config import ConfigError
 from infra.storage import RunDir
@@ -61,12 +62,91 @@ def data():
 
 def test_knn_leiden_finds_planted_groups_and_agrees_with_range(data):
     x, truth = data
-    src, dst, sim = knn_edges(x, k=20, threshold=0.95)
+    (src, dst, sim), info = self_knn(x, k=20, threshold=0.95, index="blocked")
+    assert info["exact"]
     groups = leiden(len(x), src, dst, sim, seed=0)
     exact = range_groups(x, threshold=0.95)
     assert pair_scores(groups, truth)["f1"] >= 0.99
     assert pair_scores(exact, truth)["f1"] >= 0.99
     assert pair_scores(groups, exact)["f1"] >= 0.99
+
+
+def _reference(index, x: np.ndarray, k: int, threshold: float) -> set[tuple[int, int]]:
+    sims, ids = index.search(x, k + 1)
+    out = set()
+    for i in range(len(x)):
+        near = [j for j, s in zip(ids[i], sims[i], strict=True) if 0 <= j != i and s >= threshold]
+        out.update((i, int(j)) for j in near[:k])
+    return out
+
+
+def test_blocked_knn_matches_faiss_ivf_flat_and_exact_search():
+    """The blocked scan returns exactly faiss IndexIVFFlat's neighbours (same quantizer and
+    nprobe), shard boundaries or not; its exact mode returns IndexFlatIP's."""
+    import faiss
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(30, 32))
+    x = centres[rng.integers(0, 30, 3000)] + 0.3 * rng.normal(size=(3000, 32))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    k, threshold = 10, 0.5
+    plan = plan_knn(x, index="blocked", nlist=16, nprobe=4, seed=0)
+    assert plan.info["cells"] == 16 and not plan.info["exact"]
+    quantizer = faiss.IndexFlatIP(32)
+    quantizer.add(plan.centroids)
+    ivf = faiss.IndexIVFFlat(quantizer, 32, 16, faiss.METRIC_INNER_PRODUCT)
+    ivf.add(x)
+    ivf.nprobe = 4
+    want = _reference(ivf, x, k, threshold)
+    shards = [knn_shard(plan, s, e, k, threshold) for s, e in plan.shards(700)]
+    got = {(int(a), int(b)) for src, dst, _ in shards for a, b in zip(src, dst, strict=True)}
+    assert len(want) > 20_000 and got == want
+    flat = faiss.IndexFlatIP(32)
+    flat.add(x)
+    exact = knn_shard(plan_knn(x, index="exact"), 0, len(x), k, threshold)
+    assert set(zip(exact[0].tolist(), exact[1].tolist(), strict=True)) == _reference(
+        flat, x, k, threshold
+    )
+    src, dst, sim = merge_edges(shards)  # undirected, each pair once with its similarity
+    assert (src < dst).all() and len(set(zip(src.tolist(), dst.tolist(), strict=False))) == len(src)
+    assert np.allclose(sim, np.einsum("ij,ij->i", x[src], x[dst]), atol=1e-5)
+
+
+def test_faiss_engine_agrees_with_blocked(data):
+    x, _ = data
+    (a, info_a) = self_knn(x, k=20, threshold=0.9, index="exact")
+    (b, info_b) = self_knn(x, k=20, threshold=0.9, index="flat")
+    assert info_a["engine"] == "blocked" and info_b["engine"] == "faiss"
+    assert set(zip(*a[:2], strict=True)) == set(zip(*b[:2], strict=True))
+
+
+def test_leiden_in_parts_equals_one_global_run(data):
+    """Components packed into many small parts (resolution scaled by each part's weight)
+    give the communities of one global run, on the duplicate and the looser semantic graph."""
+    x, _ = data
+    (src, dst, sim), _ = self_knn(x, k=30, threshold=0.7, index="exact")
+    for thr in (0.95, 0.7):
+        keep = sim >= thr
+        one = leiden(len(x), src[keep], dst[keep], sim[keep], seed=0, part_edges=10**9)
+        parts = leiden(len(x), src[keep], dst[keep], sim[keep], seed=0, part_edges=50)
+        assert pair_scores(parts, one)["f1"] >= 0.99, thr
+
+
+def test_leiden_parts_keep_the_global_resolution():
+    """200 components, each two 4-cliques joined by one edge: globally (m = 2,600) merging the
+    pair raises modularity, inside one component alone (m = 13) it does not. Solved one
+    component per part, the scaled resolution must still give the global answer."""
+    from curation.dedup.graph import _leiden_part
+
+    clique = [(a, b) for a in range(4) for b in range(a + 1, 4)]
+    one = [*clique, *[(a + 4, b + 4) for a, b in clique], (3, 4)]
+    edges = np.array([(a + 8 * c, b + 8 * c) for c in range(200) for a, b in one])
+    src, dst, w = edges[:, 0], edges[:, 1], np.ones(len(edges))
+    glob = leiden(1600, src, dst, w, part_edges=10**9)
+    apart = leiden(1600, src, dst, w, part_edges=1)
+    assert glob.max() + 1 == 200 and (apart == glob).all()
+    _nodes, member = _leiden_part(None, src[:13], dst[:13], w[:13], 1.0, 0)  # unscaled
+    assert len(set(member.tolist())) == 2  # what a naive per-component run would return
 
 
 def test_dedup_step_on_foreign_vectors(tmp_path, data):
@@ -90,6 +170,26 @@ def test_dedup_step_on_foreign_vectors(tmp_path, data):
             assert r["dup_of"] is None
     edges = read_table(run, "knn_edges")
     assert min(edges.column("sim").to_pylist()) >= 0.95 and edges.num_rows == stats["edges"]
+
+
+def test_dedup_on_ray_tasks_equals_in_process(tmp_path, data, ray_local):
+    """k-NN shards and Leiden parts as Ray tasks (shared plan in the object store) write the
+    same dedup/ and knn_edges/ as the in-process run, with an IVF plan of several cells."""
+    from pipelines.executors import get_executor
+
+    x, _ = data
+    tables = {}
+    for kind in ("local", "ray"):
+        root = tmp_path / kind
+        write_foreign_vectors(root, x)
+        cfg = DedupConfig(k=20, threshold=0.95, index="blocked", shard_queries=500)
+        ex = get_executor(kind, progress=False)
+        run = RunDir(root)
+        stats = dedup(run, cfg, task_map=ex.map_tasks)
+        assert stats["knn"]["shards"] == -(-len(x) // 500)
+        tables[kind] = (read_table(run, "dedup"), read_table(run, "knn_edges"))
+    assert tables["ray"][0].equals(tables["local"][0])
+    assert tables["ray"][1].equals(tables["local"][1])
 
 
 def test_keepers_follow_the_quality_order(tmp_path, data):
