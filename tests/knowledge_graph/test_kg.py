@@ -255,3 +255,84 @@ def test_cli_build_prune_stats_on_the_real_fragment(tmp_path):
     assert "Top concepts" in res.stdout and plot.stat().st_size > 1000
     res = runner.invoke(app, ["kg", "prune", str(tmp_path / "nothing")])
     assert res.exit_code != 0 and "kg build" in res.output
+
+
+def test_build_from_sql_dumps_matches_the_xml_build(tmp_path):
+    """The same wiki as PAGES, as the SQL dumps (current pagelinks -> linktarget schema, and
+    the old title schema): the same nodes, edges and counters as the XML build."""
+    from tests.knowledge_graph.test_sql_dump import (
+        LINKTARGET_COLUMNS,
+        PAGE_COLUMNS,
+        PAGE_PROPS_COLUMNS,
+        REDIRECT_COLUMNS,
+        dump_text,
+        write,
+    )
+
+    def page_row(pid, ns, title, red):
+        return f"({pid},{ns},'{title}',{red},0,0.5,'20240701','20240701',1,10,'wikitext',NULL)"
+
+    pages = [
+        (1, 0, "Paris", 0), (2, 0, "France", 0), (3, 0, "Seine", 0),
+        (4, 0, "Republic_of_France", 1), (5, 0, "Frankreich", 1), (6, 0, "Mercury", 0),
+        (7, 14, "Cities", 0), (8, 0, "Lonely", 0),
+    ]  # fmt: skip
+    targets = {  # lt_id -> (namespace, title)
+        1: (0, "France"), 2: (0, "Seine"), 3: (0, "Paris"), 4: (0, "Missing_page"),
+        5: (0, "Republic_of_France"), 6: (0, "Frankreich"), 7: (0, "Mercury_(planet)"),
+        8: (10, "River"),
+    }  # fmt: skip
+    # the XML build's links (a page links France twice: pagelinks stores a pair once, so the
+    # duplicate count differs; Category:Cities -> Paris is from namespace 14: ignored)
+    links = [(1, 1), (1, 2), (1, 3), (1, 4), (2, 3), (2, 5), (3, 3), (3, 6), (3, 8), (6, 7)]
+    links.append((7, 3))
+    d = tmp_path / "dumps"
+    d.mkdir()
+    rows = ",".join(page_row(*p) for p in pages)
+    write(d / "w-page.sql.gz", dump_text("page", PAGE_COLUMNS, [rows]))
+    red = "(4,0,'France','',''),(5,0,'Republic_of_France','','')"
+    write(d / "w-redirect.sql.gz", dump_text("redirect", REDIRECT_COLUMNS, [red]))
+    props = "(6,'disambiguation','',NULL),(1,'wikibase_item','Q90',NULL)"
+    write(d / "w-page_props.sql.gz", dump_text("page_props", PAGE_PROPS_COLUMNS, [props]))
+    lt = ",".join(f"({i},{ns},'{t}')" for i, (ns, t) in targets.items())
+    write(d / "w-linktarget.sql.gz", dump_text("linktarget", LINKTARGET_COLUMNS, [lt]))
+    ns_of = {p[0]: p[1] for p in pages}
+    pl_new = ",".join(f"({s},{ns_of[s]},{t})" for s, t in links)
+    columns_new = (
+        "  `pl_from` int(8) unsigned NOT NULL DEFAULT 0,\n"
+        "  `pl_from_namespace` int(11) NOT NULL DEFAULT 0,\n"
+        "  `pl_target_id` bigint(20) unsigned NOT NULL,\n"
+        "  PRIMARY KEY (`pl_from`,`pl_target_id`)"
+    )
+    write(d / "w-pagelinks.sql.gz", dump_text("pagelinks", columns_new, [pl_new]))
+    common = [d / f"w-{k}.sql.gz" for k in ("page", "redirect", "page_props")]
+    stats = build_kg([*common, d / "w-pagelinks.sql.gz", d / "w-linktarget.sql.gz"], tmp_path / "a")
+    nodes, edges = titles_edges(tmp_path / "a")
+    assert [n["title"] for n in nodes] == ["Paris", "France", "Seine", "Mercury", "Lonely"]
+    assert {n["title"] for n in nodes if n["is_disambiguation"]} == {"Mercury"}
+    want = {
+        ("Paris", "France"), ("Paris", "Seine"), ("France", "Paris"), ("Seine", "Paris"),
+        ("Seine", "France"),
+    }  # fmt: skip
+    assert edges == want
+    assert stats["links"] == 9  # the 10 namespace-0 rows minus the Template:River target
+    assert stats["links_to_missing_pages"] == 2
+    assert stats["links_via_redirect"] == 2 and stats["self_loops"] == 2
+    assert stats["redirects_resolved"] == 2 and stats["edges"] == 5
+    # the old schema: titles in pagelinks itself
+    pl_old = ",".join(f"({s},{targets[t][0]},'{targets[t][1]}',{ns_of[s]})" for s, t in links)
+    columns_old = (
+        "  `pl_from` int(8) unsigned NOT NULL DEFAULT 0,\n"
+        "  `pl_namespace` int(11) NOT NULL DEFAULT 0,\n"
+        "  `pl_title` varbinary(255) NOT NULL DEFAULT '',\n"
+        "  `pl_from_namespace` int(11) NOT NULL DEFAULT 0,\n"
+        "  PRIMARY KEY (`pl_from`,`pl_namespace`,`pl_title`)"
+    )
+    write(d / "old-pagelinks.sql.gz", dump_text("pagelinks", columns_old, [pl_old]))
+    old = build_kg([*common, d / "old-pagelinks.sql.gz"], tmp_path / "b")
+    assert titles_edges(tmp_path / "b")[1] == want
+    assert {k: old[k] for k in ("links", "edges", "self_loops")} == {
+        k: stats[k] for k in ("links", "edges", "self_loops")
+    }
+    with pytest.raises(ValueError, match="linktarget"):
+        build_kg([*common, d / "w-pagelinks.sql.gz"], tmp_path / "c")
