@@ -3,6 +3,7 @@ dump readers' throughput on the real fragment.
 
     python bench/kg_scale.py            # 7M nodes, 160M edges (about 3 minutes with generation)
     python bench/kg_scale.py --quick    # 700k nodes, 16M edges, < 1 minute
+    python bench/kg_scale.py --iterations 46    # fixed iteration count (see --help)
 
 The graph is generated in this process and saved as two int32 .npy files; a fresh child
 process then loads them, builds the in-link CSR and runs PageRank (damping 0.85, L1
@@ -42,7 +43,7 @@ def generate(n: int, m: int, seed: int = 0, chunk: int = 10_000_000) -> tuple[np
     return src[keep], dst[keep]
 
 
-def child(work: Path, n: int) -> None:
+def child(work: Path, n: int, iterations: int | None) -> None:
     """Load edges, build CSR, run PageRank; print one JSON line with timings and peak RSS."""
     from knowledge_graph.pagerank import in_csr, pagerank
 
@@ -53,7 +54,10 @@ def child(work: Path, n: int) -> None:
     csr = in_csr(src, dst, n)
     t_csr = time.perf_counter() - t0
     t1 = time.perf_counter()
-    pr = pagerank(src, dst, n, csr=csr, use_gpu=False)
+    if iterations:  # exactly this many iterations (tolerance never reached)
+        pr = pagerank(src, dst, n, csr=csr, use_gpu=False, tol=1e-300, max_iter=iterations)
+    else:
+        pr = pagerank(src, dst, n, csr=csr, use_gpu=False)
     t_pr = time.perf_counter() - t1
     top = np.argsort(pr.scores)[::-1][:3]
     print(
@@ -108,18 +112,84 @@ def readers() -> dict:
     return out
 
 
+def sql_reader(work: Path, rows: int = 2_000_000) -> dict:
+    """Rows/s of ``iter_pagelinks`` on a synthetic current-schema pagelinks.sql.gz (mysqldump
+    layout, ~1 MB INSERT lines), and of ``read_page`` on a 12-column page.sql.gz."""
+    import gzip
+
+    from knowledge_graph.dumps.sql import iter_pagelinks, read_page
+
+    rng = np.random.default_rng(0)
+    path = work / "synthetic-pagelinks.sql.gz"
+    head = (
+        "CREATE TABLE `pagelinks` (\n  `pl_from` int(8) unsigned NOT NULL DEFAULT 0,\n"
+        "  `pl_from_namespace` int(11) NOT NULL DEFAULT 0,\n"
+        "  `pl_target_id` bigint(20) unsigned NOT NULL,\n  PRIMARY KEY (`pl_from`)\n"
+        ") ENGINE=InnoDB;\n"
+    )
+    src = np.sort(rng.integers(1, 70_000_000, rows))
+    dst = rng.integers(1, 200_000_000, rows)
+    with gzip.open(path, "wt", compresslevel=6) as f:
+        f.write(head)
+        for s in range(0, rows, 40_000):
+            body = ",".join(
+                f"({a},0,{b})"
+                for a, b in zip(src[s : s + 40_000], dst[s : s + 40_000], strict=True)
+            )
+            f.write(f"INSERT INTO `pagelinks` VALUES {body};\n")
+    t0 = time.perf_counter()
+    got = sum(b.num_rows for b in iter_pagelinks(path))
+    pagelinks_rate = got / (time.perf_counter() - t0)
+    page = work / "synthetic-page.sql.gz"
+    with gzip.open(page, "wt", compresslevel=6) as f:
+        f.write(
+            "CREATE TABLE `page` (\n  `page_id` int(8) unsigned NOT NULL,\n"
+            "  `page_namespace` int(11) NOT NULL,\n  `page_title` varbinary(255) NOT NULL,\n"
+            "  `page_is_redirect` tinyint(1) unsigned NOT NULL DEFAULT 0,\n"
+            "  `page_is_new` tinyint(1) unsigned NOT NULL DEFAULT 0,\n"
+            "  `page_random` double unsigned NOT NULL,\n  `page_touched` binary(14) NOT NULL,\n"
+            "  `page_links_updated` varbinary(14) DEFAULT NULL,\n"
+            "  `page_latest` int(8) unsigned NOT NULL,\n  `page_len` int(8) unsigned NOT NULL,\n"
+            "  `page_content_model` varbinary(32) DEFAULT NULL,\n"
+            "  `page_lang` varbinary(35) DEFAULT NULL,\n  PRIMARY KEY (`page_id`)\n"
+            ") ENGINE=InnoDB;\n"
+        )
+        n_pages = rows // 4
+        for s in range(0, n_pages, 5_000):
+            body = ",".join(
+                f"({i},{i % 3},'Title_{i}_of_a_page',{i % 7 == 0:d},0,0.{i},'20240701000000',"
+                f"'20240701000000',{i},{i % 5000},'wikitext',NULL)"
+                for i in range(s + 1, min(s + 5_000, n_pages) + 1)
+            )
+            f.write(f"INSERT INTO `page` VALUES {body};\n")
+    t0 = time.perf_counter()
+    pages = read_page(page).num_rows
+    page_rate = pages / (time.perf_counter() - t0)
+    return {
+        "sql_pagelinks_rows_per_s": round(pagelinks_rate),
+        "sql_page_rows_per_s": round(page_rate),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--nodes", type=int, default=7_000_000)
     ap.add_argument("--edges", type=int, default=160_000_000)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--work", type=Path, default=Path("/tmp/zfoundry-bench/kg"))
+    ap.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="run exactly this many PageRank iterations (this random graph converges in ~17; "
+        "the real Wikispeedia graph needs 46 to 1e-10)",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.nodes, args.edges = 700_000, 16_000_000
     if args.child:
-        child(args.work, args.nodes)
+        child(args.work, args.nodes, args.iterations)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -140,6 +210,8 @@ def main() -> None:
         "--work",
         str(args.work),
     ]
+    if args.iterations:
+        cmd += ["--iterations", str(args.iterations)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     measured = json.loads(res.stdout.strip().splitlines()[-1])
     total = measured["csr_s"] + measured["pagerank_s"]
@@ -148,7 +220,7 @@ def main() -> None:
         f"({measured['iterations']} iterations, {measured['per_iteration_s']} s each) = "
         f"{total:.1f} s, peak RSS {measured['peak_rss_gib']} GiB"
     )
-    reader = readers()
+    reader = readers() | sql_reader(args.work)
     print(reader)
     print(
         json.dumps(
