@@ -111,7 +111,13 @@ def pagerank(
     if n < 1:
         raise ValueError(f"n: must be >= 1, got {n}")
     if _cugraph_ok(use_gpu):
-        return _pagerank_cugraph(src, dst, n, damping, tol, max_iter)
+        touched = np.zeros(n, bool)
+        touched[np.asarray(src)] = touched[np.asarray(dst)] = True
+        if touched.all():
+            return _pagerank_cugraph(src, dst, n, damping, tol, max_iter)
+        # cuGraph only knows vertices that have edges; their dangling mass would be spread
+        # over fewer nodes than ours, so graphs with isolated nodes stay on the CPU kernel
+        log.info("PageRank on CPU: %d isolated nodes", int((~touched).sum()))
     indptr, indices = csr if csr is not None else in_csr(src, dst, n)
     outdeg = np.bincount(_ids(src, "src", n), minlength=n).astype(np.float64)
     dangling = outdeg == 0
@@ -153,9 +159,8 @@ def _pagerank_cugraph(
     graph = cugraph.Graph(directed=True)
     frame = cudf.DataFrame({"src": np.asarray(src), "dst": np.asarray(dst)})
     graph.from_cudf_edgelist(frame, source="src", destination="dst", renumber=False)
-    # cuGraph's tol is per-vertex (L1 / n), and it ignores vertices without edges:
-    # add them back with the uniform share and renormalise.
+    # every vertex has an edge here (checked by the caller); cuGraph's tol is per vertex
     res = cugraph.pagerank(graph, alpha=damping, tol=tol / n, max_iter=max_iter)
-    p = np.full(n, (1.0 - damping) / n)
+    p = np.zeros(n)
     p[res["vertex"].to_numpy()] = res["pagerank"].to_numpy()
     return PageRank(p / p.sum(), max_iter, True, float("nan"), "cugraph")

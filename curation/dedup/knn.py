@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -240,6 +240,33 @@ def merge_edges(parts: Iterable[Edges]) -> Edges:
     return src[first], dst[first], sim[first]
 
 
+class ShardStore(Protocol):
+    """Where k-NN shards put their edges (e.g. Parquet files in the run directory), so a
+    task returns nothing big and an interrupted step resumes at the first missing shard."""
+
+    def done(self, shard: int) -> bool: ...
+
+    def write(self, shard: int, edges: Edges) -> None: ...
+
+    def read(self, shard: int) -> Edges: ...
+
+
+def _shard_task(
+    plan: KnnPlan,
+    shard: int,
+    start: int,
+    stop: int,
+    k: int,
+    threshold: float,
+    store: ShardStore | None,
+) -> Edges | None:
+    edges = knn_shard(plan, start, stop, k, threshold)
+    if store is None:
+        return edges
+    store.write(shard, edges)
+    return None
+
+
 def self_knn(
     vectors: np.ndarray,
     *,
@@ -251,17 +278,28 @@ def self_knn(
     task_map: TaskMap = local_map,
     shard_queries: int = SHARD_QUERIES,
     progress: Callable[[int], None] | None = None,
+    store: ShardStore | None = None,
 ) -> tuple[Edges, dict[str, Any]]:
-    """Undirected k-NN edges with cosine >= ``threshold`` and the plan's description."""
+    """Undirected k-NN edges with cosine >= ``threshold`` and the plan's description. With a
+    ``store``, each shard writes its edges there (shards already stored are not recomputed)
+    and the driver reads them back."""
     n = len(vectors)
     if n < 2:
         empty = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         return empty, {"engine": "none"}
     plan = plan_knn(vectors, index=index, nprobe=nprobe, seed=seed)
-    args = [(s, e, k, threshold) for s, e in plan.shards(shard_queries)]
+    shards = plan.shards(shard_queries)
+    todo = [i for i in range(len(shards)) if store is None or not store.done(i)]
+    if progress and len(todo) < len(shards):
+        progress(len(shards) - len(todo))
+    args = [(i, *shards[i], k, threshold, store) for i in todo]
     parts = []
-    for part in task_map(knn_shard, plan, args):
-        parts.append(part)
+    for part in task_map(_shard_task, plan, args):
+        if part is not None:
+            parts.append(part)
         if progress:
             progress(1)
-    return merge_edges(parts), plan.info | {"shards": len(args)}
+    if store is not None:
+        parts = [store.read(i) for i in range(len(shards))]
+    info = plan.info | {"shards": len(shards), "shards_resumed": len(shards) - len(todo)}
+    return merge_edges(parts), info

@@ -11,12 +11,15 @@ recompute (no model runs here).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from curation.dedup.graph import canonical, leiden, range_groups
@@ -24,7 +27,7 @@ from curation.dedup.knn import TaskMap, local_map, self_knn
 from curation.retrieval import load_vectors
 from infra import catalog
 from infra.config import ConfigError, require, to_dict
-from infra.storage import RunDir
+from infra.storage import RunDir, write_parquet_atomic
 from infra.tables import DEDUP, KNN_EDGES, conform
 
 ROWS_PER_FILE = 1_000_000
@@ -94,6 +97,12 @@ def dedup(
     if done and run.read_json(marker) == settings:
         return run.read_json(stats_path) | {"skipped_step": True}
     x, ids, n = vectors.matrix, vectors.ids, len(vectors.ids)
+    knn_settings = {k: config[k] for k in ("k", "cluster_threshold", "index", "nprobe", "seed")} | {
+        "vectors": vectors.fingerprint,
+        "shard_queries": cfg.shard_queries,
+    }
+    key = hashlib.sha256(json.dumps(knn_settings, sort_keys=True).encode()).hexdigest()[:16]
+    store = RunShardStore(run, key)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     with tqdm(desc="dedup k-NN", unit="shard", disable=not progress) as bar:
@@ -107,6 +116,7 @@ def dedup(
             task_map=task_map,
             shard_queries=cfg.shard_queries,
             progress=bar.update,
+            store=store,
         )
     timings["knn_s"] = time.perf_counter() - t
     dup = sim >= cfg.threshold
@@ -147,6 +157,7 @@ def dedup(
     )
     _write(run, "knn_edges", conform(edges, KNN_EDGES, name="knn_edges"))
     run.write_json(marker, settings)
+    store.clear()  # the merged knn_edges/ is written: shard files are no longer needed
     keep = table.column("keep").to_numpy(zero_copy_only=False)
     stats = {
         "stage": "dedup",
@@ -167,6 +178,35 @@ def dedup(
     run.write_json(run.success_path("dedup"), {"rows": n})
     run.write_json(stats_path, stats)
     return stats
+
+
+@dataclass(frozen=True)
+class RunShardStore:
+    """k-NN shard edges as ``knn_edges/_shards/<settings key>/NNNNN.parquet`` (item numbers,
+    not sample ids); written atomically, so a file present is a shard done."""
+
+    run: RunDir
+    key: str
+
+    def _file(self, shard: int) -> str:
+        return self.run.path("knn_edges", "_shards", self.key, f"{shard:05d}.parquet")
+
+    def done(self, shard: int) -> bool:
+        return self.run.exists(self._file(shard))
+
+    def write(self, shard: int, edges: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        src, dst, sim = edges
+        table = pa.table({"src": src.astype(np.int64), "dst": dst.astype(np.int64), "sim": sim})
+        write_parquet_atomic(self.run.fs, self._file(shard), table)
+
+    def read(self, shard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t = pq.read_table(self._file(shard), filesystem=self.run.fs)
+        return tuple(t.column(c).to_numpy() for c in ("src", "dst", "sim"))  # type: ignore[return-value]
+
+    def clear(self) -> None:
+        base = self.run.path("knn_edges", "_shards")
+        if self.run.exists(base):
+            self.run.fs.delete_dir(base)
 
 
 def merge_phash(run: RunDir, ids: list[str], groups: np.ndarray, radius: int) -> np.ndarray:

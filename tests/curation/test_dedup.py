@@ -192,6 +192,37 @@ def test_dedup_on_ray_tasks_equals_in_process(tmp_path, data, ray_local):
     assert tables["ray"][1].equals(tables["local"][1])
 
 
+def test_killed_knn_resumes_from_shard_files(tmp_path, data):
+    """Shards write their edges to knn_edges/_shards/; a run killed after two shards resumes
+    with those two and ends with the same tables as an uninterrupted run (files cleaned up)."""
+    from curation.dedup.knn import local_map
+
+    x, _ = data
+    cfg = DedupConfig(k=20, threshold=0.95, index="blocked", shard_queries=300)
+    tables = {}
+    for name in ("clean", "killed"):
+        root = tmp_path / name
+        write_foreign_vectors(root, x)
+        run = RunDir(root)
+        if name == "killed":
+
+            def dies_after_two(fn, shared, args):
+                for i, a in enumerate(args):
+                    if i == 2:
+                        raise KeyboardInterrupt
+                    yield fn(shared, *a)
+
+            with pytest.raises(KeyboardInterrupt):
+                dedup(run, cfg, task_map=dies_after_two)
+            assert len(list((root / "knn_edges" / "_shards").rglob("*.parquet"))) == 2
+        stats = dedup(run, cfg, task_map=local_map)
+        assert stats["knn"]["shards_resumed"] == (2 if name == "killed" else 0)
+        assert not (root / "knn_edges" / "_shards").exists()
+        tables[name] = (read_table(run, "dedup"), read_table(run, "knn_edges"))
+    assert tables["killed"][0].equals(tables["clean"][0])
+    assert tables["killed"][1].equals(tables["clean"][1])
+
+
 def test_keepers_follow_the_quality_order(tmp_path, data):
     x, _ = data
     ids = write_foreign_vectors(tmp_path, x)
