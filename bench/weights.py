@@ -76,6 +76,7 @@ def sample_stats(corpus, prob: np.ndarray, k: int, rng) -> dict:
         "entropy": round(entropy(counts), 3),
         "rare_reached": round(float((counts[rare] > 0).mean()), 4),
         "concepts_reached": int((counts > 0).sum()),
+        "rare_concepts": int(rare.sum()),
     }
 
 
