@@ -165,3 +165,31 @@ def stats_cmd(
                 str(row["out_degree"]),
             )
         console.print(t)
+
+
+@app.command()
+def weights(
+    run_dir: Annotated[str, typer.Argument(help="Run directory (local path or URI).")],
+    kg_dir: Annotated[
+        Path | None, typer.Option("--kg", help="Knowledge graph: map tags to its nodes.")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="Hierarchy smoothing (default 0.25).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """BM25 + hierarchy sampling weights -> weights/ (sample_id, concepts, sampling_weight,
+    tags). Tags come from meta.tags or the caption; see docs/sampling.md."""
+    from infra.config import from_dict
+    from knowledge_graph.sampling import WeightsConfig, weights_step
+    from pipelines.cli import _existing_run, _report
+
+    data: dict = {}
+    if kg_dir is not None:
+        data["kg"] = str(kg_dir)
+    if alpha is not None:
+        data["bm25"] = {"alpha": alpha}
+    try:
+        cfg = from_dict(WeightsConfig, data, source="CLI")
+        stats = weights_step(_existing_run(run_dir), cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    _report(run_dir, "weights", stats, as_json)
