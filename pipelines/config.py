@@ -17,8 +17,9 @@ from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
 from curation.stages.score import ScoreStage
 from infra.config import Location, load_toml, require
+from knowledge_graph.sampling import WeightsConfig
 
-Step = Literal["ingest", "profile", "embed", "score", "dedup", "prune", "select"]
+Step = Literal["ingest", "profile", "embed", "score", "dedup", "prune", "weights", "select"]
 STEPS: tuple[Step, ...] = ("ingest", "profile", "select")
 
 
@@ -104,6 +105,8 @@ class PipelineConfig:
     """Semantic dedup settings (method, k, thresholds, keeper order)."""
     prune: PruneConfig | None = None
     """Failure cases for the prune step (required when it is listed)."""
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    """Sampling weights (tags, optional knowledge graph, BM25 parameters)."""
     select: SelectConfig | None = None
     """Settings of the select step (required when it is listed)."""
 

@@ -19,6 +19,8 @@ from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
 from curation.stages.score import ScoreStage
 from infra.config import field_docs
+from knowledge_graph.sampling import WeightsConfig
+from knowledge_graph.weights import WeightConfig
 from pipelines.config import (
     ExecutorConfig,
     IngestConfig,
@@ -37,6 +39,8 @@ SECTIONS = [
     ("Pipeline file: `[score]`", ScoreStage),
     ("Pipeline file: `[dedup]`", DedupConfig),
     ("Pipeline file: `[prune]`", PruneConfig),
+    ("Pipeline file: `[weights]`", WeightsConfig),
+    ("Pipeline file: `[weights.bm25]`", WeightConfig),
     ("Pipeline file: `[select]`", SelectConfig),
     ("Recipe: top level", Recipe),
     ("Recipe: `[sampling]`", Sampling),

@@ -193,6 +193,10 @@ def run_pipeline(
         elif step == "dedup":
             ex = _executor(cfg)
             results[step] = dedup(run, cfg.dedup, task_map=ex.map_tasks, progress=ex.progress)
+        elif step == "weights":
+            from knowledge_graph.sampling import weights_step
+
+            results[step] = weights_step(run, cfg.weights)
         elif step == "prune":
             assert cfg.prune is not None
             results[step] = prune_step(run, cfg.prune)

@@ -47,3 +47,26 @@ def test_weights_with_and_without_a_graph(run, tmp_path):
     w = np.array([r["sampling_weight"] for r in table])
     has = np.array([bool(r["concepts"]) for r in table])
     assert w[has].mean() == pytest.approx(1.0) and (w[~has] == 1.0).all()
+
+
+def test_weights_step_inside_zfoundry_run(tmp_path):
+    from infra.config import from_dict
+    from infra.storage import RunDir
+    from pipelines.config import PipelineConfig
+    from pipelines.steps import run_pipeline
+
+    titles = ["Person", "Dog", "Pizza", "Giraffe"]
+    write_graph(tmp_path / "kg", titles, [0], [1])
+    cfg = from_dict(
+        PipelineConfig,
+        {
+            "steps": ["ingest", "weights"],
+            "executor": {"kind": "local", "progress": False},
+            "ingest": {"sources": [{"path": str(EXAMPLES / "data" / "coco25")}]},
+            "weights": {"kg": str(tmp_path / "kg"), "bm25": {"alpha": 0.5}},
+        },
+    )
+    run = RunDir(tmp_path / "run")
+    results = run_pipeline(cfg, run)
+    assert results["weights"]["in"] == 25 and results["weights"]["tags_mapped"] > 0
+    assert read_table(run, "weights").num_rows == 25
