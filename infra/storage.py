@@ -197,6 +197,19 @@ class RunDir:
         """Write ``table`` to ``RUN_DIR/table_name/file_name``; returns rows, bytes, sha256."""
         return write_parquet_atomic(self.fs, self.path(table_name, file_name), table)
 
+    def replace_table(self, name: str, table: pa.Table, rows_per_file: int = 1_000_000) -> None:
+        """Replace a global step's table: ``table`` written whole in files of ``rows_per_file``
+        rows (``00000.parquet``, ...), files of an earlier version removed, then
+        ``_SUCCESS.json``. The marker is gone while files change, so readers never mix."""
+        old = set(self.data_files(name))
+        self.delete([self.success_path(name)])
+        written = set()
+        for i, start in enumerate(range(0, max(table.num_rows, 1), rows_per_file)):
+            self.write_parquet(name, f"{i:05d}.parquet", table.slice(start, rows_per_file))
+            written.add(self.path(name, f"{i:05d}.parquet"))
+        self.delete(old - written)
+        self.write_json(self.success_path(name), {"rows": table.num_rows})
+
     def write_json(self, path: str, payload: Any) -> None:
         data = json.dumps(payload, indent=2, sort_keys=True).encode() + b"\n"
         write_bytes_atomic(self.fs, path, data)

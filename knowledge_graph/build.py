@@ -489,10 +489,6 @@ def build_kg(
     return stats
 
 
-def read_nodes(kg_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(Path(kg_dir) / "nodes", columns=columns)
-
-
 def read_edges(kg_dir: str | Path) -> tuple[Any, Any, int]:
     """(src int32, dst int32, n nodes) from ``edges/``, read file by file into preallocated
     arrays (no int64 copy of the whole edge list)."""

@@ -113,12 +113,8 @@ def weights_step(run: RunDir, cfg: WeightsConfig) -> dict[str, Any]:
         },
         schema=WEIGHTS,
     )
-    old = set(run.data_files("weights"))
-    run.delete([run.success_path("weights")])
-    run.write_parquet("weights", "00000.parquet", table)
-    run.delete(old - {run.path("weights", "00000.parquet")})
     run.write_json(run.path("weights", "_settings.json"), to_dict(cfg))
-    run.write_json(run.success_path("weights"), {"rows": table.num_rows})
+    run.replace_table("weights", table)
     n_tags = len(corpus.tokens)
     stats = {
         "stage": "weights",

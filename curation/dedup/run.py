@@ -147,7 +147,7 @@ def dedup(
     timings["semantic_s"] = time.perf_counter() - t
     rank = keeper_rank(run, ids, cfg.keep_order)
     table = dedup_table(ids, groups, semantic, rank)
-    _write(run, "dedup", conform(table, DEDUP, name="dedup"))
+    run.replace_table("dedup", conform(table, DEDUP, name="dedup"), ROWS_PER_FILE)
     edges = pa.table(
         {
             "src": pa.array(np.asarray(ids, object)[src[dup]], pa.string()),
@@ -155,7 +155,7 @@ def dedup(
             "sim": pa.array(sim[dup], pa.float32()),
         }
     )
-    _write(run, "knn_edges", conform(edges, KNN_EDGES, name="knn_edges"))
+    run.replace_table("knn_edges", conform(edges, KNN_EDGES, name="knn_edges"), ROWS_PER_FILE)
     run.write_json(marker, settings)
     store.clear()  # the merged knn_edges/ is written: shard files are no longer needed
     keep = table.column("keep").to_numpy(zero_copy_only=False)
@@ -284,16 +284,3 @@ def dedup_table(
         }
     )
     return table.sort_by("sample_id")
-
-
-def _write(run: RunDir, name: str, table: pa.Table) -> None:
-    """Replace the table's files (written whole, sorted, in files of ROWS_PER_FILE rows)."""
-    old = set(run.data_files(name))
-    run.delete([run.success_path(name)])
-    written = set()
-    for i, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
-        part = table.slice(start, ROWS_PER_FILE)
-        run.write_parquet(name, f"{i:05d}.parquet", part)
-        written.add(run.path(name, f"{i:05d}.parquet"))
-    run.delete(old - written)
-    run.write_json(run.success_path(name), {"rows": table.num_rows})

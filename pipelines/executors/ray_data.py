@@ -126,11 +126,8 @@ class RayExecutor:
         ref = ray.put(shared)
         task = ray.remote(num_cpus=1)(_call)
         refs = [task.remote(fn, ref, *a) for a in args]
-        try:
-            for r in refs:
-                yield ray.get(r)
-        finally:
-            del ref
+        for r in refs:
+            yield ray.get(r)
 
     def _map_shards(self, stage: Stage, run: RunDir, jobs: list[ShardJob]) -> list[dict]:
         import ray
