@@ -1,4 +1,4 @@
-"""Wikipedia dumps -> ``KG_DIR/nodes/`` + ``KG_DIR/edges/``: ``zfoundry kg build``.
+"""Wikipedia dumps -> ``KG_DIR/nodes/``, ``edges/``, ``aliases/``: ``zfoundry kg build``.
 
 Two phases:
 
@@ -14,7 +14,8 @@ Two phases:
    namespace-0 pages that are not redirects (``node_id`` dense in page-id order); link
    targets resolve through titles and redirect chains (up to ``redirect_hops``); links to
    missing pages, self-loops and duplicate pairs are dropped and counted. Edges are written
-   sorted by (src, dst).
+   sorted by (src, dst); ``aliases/`` keeps each resolved redirect title -> node (``title``,
+   ``node_id``, ``hops``) for tag-to-concept mapping.
 
 Integer ids and Arrow/Parquet throughout; the only Python objects per link are the strings
 the wikitext regex produces for one batch of pages, flushed to Parquet every
@@ -346,6 +347,12 @@ def resolve(staging: Path, out: Path, *, redirect_hops: int, memory_limit: str |
     else:
         counters["redirects"] = counters["redirects_resolved"] = 0
     counters["redirects_unresolved"] = counters["redirects"] - counters["redirects_resolved"]
+    (out / "aliases").mkdir(parents=True)
+    con.execute(
+        f"""COPY (SELECT title, node_id, hops::INTEGER AS hops FROM alias WHERE hops > 0
+                  ORDER BY title)
+        TO '{out / "aliases" / "00000.parquet"}' (FORMAT parquet, COMPRESSION zstd)"""
+    )
     links = _glob(staging, "links")
     link_ids = _glob(staging, "link_ids")
     sources = []
@@ -471,7 +478,7 @@ def build_kg(
             and old.name != "_duckdb_tmp"
         ):
             shutil.rmtree(old)
-    for name in ("nodes", "edges", "stats"):
+    for name in ("nodes", "edges", "aliases", "stats", "concepts"):  # concepts: old node ids
         shutil.rmtree(out / name, ignore_errors=True)
     success.unlink(missing_ok=True)
     counters = resolve(staging, out, redirect_hops=redirect_hops, memory_limit=memory_limit)
@@ -535,7 +542,7 @@ def write_graph(
     loops = src == dst
     key = np.unique(src[~loops] * n + dst[~loops])
     s, d = key // n, key % n
-    for name in ("nodes", "edges", "stats", "_staging"):
+    for name in ("nodes", "edges", "aliases", "stats", "concepts", "_staging"):
         shutil.rmtree(out / name, ignore_errors=True)
     (out / "_SUCCESS.json").unlink(missing_ok=True)
     (out / "nodes").mkdir(parents=True)

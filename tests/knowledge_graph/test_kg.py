@@ -104,6 +104,11 @@ def test_build_from_xml_snippets(tmp_path):
     assert stats["isolated_nodes"] == 2  # Mercury (its link is missing), Lonely
     by = {n["title"]: n for n in nodes}
     assert (by["Paris"]["out_degree"], by["Paris"]["in_degree"]) == (2, 2)
+    aliases = pq.read_table(tmp_path / "kg" / "aliases").to_pylist()
+    assert aliases == [  # redirect titles -> the node they resolve to, and how many hops
+        {"title": "Frankreich", "node_id": 1, "hops": 2},
+        {"title": "Republic of France", "node_id": 1, "hops": 1},
+    ]
     again = build_kg([dump], tmp_path / "kg")  # same files: nothing to do
     assert again.get("skipped_step")
 
