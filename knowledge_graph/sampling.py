@@ -1,13 +1,13 @@
 """``zfoundry weights RUN_DIR [--kg KG_DIR]`` -> ``weights/`` (a global step).
 
 Each sample's tags come from ``meta.tags`` when present, else from its caption
-(``caption_alt``; ``knowledge_graph.tags``). With a knowledge graph, a tag maps to the node
-whose title normalises to the same tag (``normalise_tag`` on both sides; kept nodes only
-when the graph is pruned); unmapped tags are counted and carry no weight. Without one, each
-distinct tag is its own concept. Weights: ``knowledge_graph.weights`` (docs/sampling.md).
-
-Not yet (issue 7): redirect / alias and embedding matches, the taxonomy's parents as the
-hierarchy, priors other than uniform.
+(``caption_alt``; ``knowledge_graph.tags``). With a knowledge graph each distinct tag maps
+to a concept through ``knowledge_graph.concepts.ConceptIndex`` (title, redirect alias,
+taxonomy tag or added concept, then the embedding nearest neighbour above a threshold when
+the graph has ``concepts/``); unmapped tags are counted and carry no weight. Without one,
+each distinct tag is its own concept. The taxonomy's parents are the hierarchy and
+``kg boost`` factors scale the prior (uniform over leaves otherwise). Weights:
+``knowledge_graph.weights`` (docs/sampling.md).
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from infra import catalog
-from infra.config import Location, to_dict
+from infra.config import Location, require, to_dict
 from infra.storage import RunDir
-from knowledge_graph.tags import normalise_tag, tags_for_table
-from knowledge_graph.weights import WeightConfig, encode_tags, sampling_weights
+from knowledge_graph.concepts import MATCH_KINDS, ConceptIndex, concepts_dir
+from knowledge_graph.tags import tags_for_table
+from knowledge_graph.weights import WeightConfig, encode_tags, entropy, sampling_weights
+from knowledge_graph.weights import _subtree_sum as subtree_sum  # TODO public after helper
 
 WEIGHTS = pa.schema(
     [
@@ -48,6 +51,20 @@ class WeightsConfig:
     """BM25 and hierarchy parameters (k1, b, alpha)."""
     max_words: int = 3
     """Longest caption noun phrase kept as a tag."""
+    match_threshold: float | None = None
+    """Least cosine for an embedding match (none: the one ``kg taxonomy`` was built with)."""
+    embeddings: bool = True
+    """Embedding matches for tags no title / alias / taxonomy tag matches (needs
+    ``concepts/``; loads its text encoder)."""
+    hierarchy: bool = True
+    """Use the taxonomy's parents (hierarchy sharing); off: every concept is a root."""
+    boost: bool = True
+    """Scale the prior by ``kg boost``'s factors when ``concepts/boost.parquet`` exists."""
+
+    def __post_init__(self) -> None:
+        require(self.max_words >= 1, "max_words", self.max_words, "must be >= 1")
+        t = self.match_threshold
+        require(t is None or -1.0 <= t <= 1.0, "match_threshold", t, "must be in [-1, 1]")
 
 
 def _samples(run: RunDir) -> pa.Table:
@@ -61,18 +78,49 @@ def _samples(run: RunDir) -> pa.Table:
     ).to_arrow_table()
 
 
-def _title_index(kg: str) -> tuple[dict[str, int], int]:
-    nodes = pq.read_table(Path(kg) / "nodes")
-    if "kept" in nodes.column_names:
-        nodes = nodes.filter(nodes.column("kept"))
-    index: dict[str, int] = {}
-    for node, title in zip(
-        nodes.column("node_id").to_pylist(), nodes.column("title").to_pylist(), strict=True
-    ):
-        key = normalise_tag(title)
-        if key is not None:
-            index.setdefault(key, node)  # the first (lowest id) node wins a shared key
-    return index, nodes.num_rows
+def _with_ancestors(ids: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """Sorted distinct ``ids`` plus every ancestor of them."""
+    out, frontier = [ids], ids
+    while frontier.size:
+        up = parent[frontier]
+        frontier = np.setdiff1d(up[up >= 0], np.concatenate(out))
+        out.append(frontier)
+    return np.unique(np.concatenate(out))
+
+
+def concept_space(
+    ids: np.ndarray, parent: np.ndarray | None, boost: np.ndarray | None
+) -> dict[str, np.ndarray | None]:
+    """Dense numbering of the concepts ``ids`` (global, -1 = unmapped) use, with their
+    ancestors: ``dense`` (global id per dense index), ``of`` (dense index per entry of
+    ``ids``, -1 kept), ``parent`` (dense, -1 = root; None without a hierarchy) and ``prior``
+    (boost over leaves, internal nodes their subtree's sum; None = uniform default)."""
+    used = np.unique(ids[ids >= 0])
+    dense = used if parent is None else _with_ancestors(used, parent)
+    of = np.where(ids >= 0, np.searchsorted(dense, np.maximum(ids, 0)), -1)
+    dparent = None
+    if parent is not None:
+        up = parent[dense]
+        dparent = np.where(up >= 0, np.searchsorted(dense, np.maximum(up, 0)), -1)
+        if not (dparent >= 0).any():
+            dparent = None
+    prior = None
+    if boost is not None or dparent is not None:
+        leaf = np.ones(len(dense), bool)
+        if dparent is not None:
+            leaf[dparent[dparent >= 0]] = False
+        factor = np.ones(len(dense)) if boost is None else boost[dense]
+        prior = np.where(leaf, factor, 0.0)
+        if dparent is not None:
+            prior = subtree_sum(prior, dparent)
+    return {"dense": dense, "of": of, "parent": dparent, "prior": prior}
+
+
+def run_tags(run: RunDir, *, max_words: int = 3) -> pa.Array:
+    """Tags of each sample of a run (sample_id order): meta.tags, else caption phrases."""
+    return tags_for_table(
+        _samples(run), tags_column="tags", caption_column="caption", max_words=max_words
+    )
 
 
 def weights_step(run: RunDir, cfg: WeightsConfig) -> dict[str, Any]:
@@ -83,20 +131,35 @@ def weights_step(run: RunDir, cfg: WeightsConfig) -> dict[str, Any]:
     )
     corpus = encode_tags(tags)
     vocab = corpus.vocab.to_pylist()
-    node_of_term = np.full(len(vocab), -1, np.int64)
-    kg_nodes = None
+    global_of_term = np.full(len(vocab), -1, np.int64)
+    kinds = np.full(len(vocab), -1, np.int8)
+    extra: dict[str, Any] = {}
+    parent = prior = None
     if cfg.kg is not None:
-        index, kg_nodes = _title_index(cfg.kg)
-        node_of_term = np.array([index.get(t, -1) for t in vocab], np.int64)
-        # concepts are the distinct mapped nodes, numbered densely
-        nodes, concept = np.unique(node_of_term, return_inverse=True)
-        concept_of_term = np.where(node_of_term >= 0, concept - int(nodes[0] < 0), -1)
+        index = ConceptIndex(cfg.kg, match_threshold=cfg.match_threshold, embeddings=cfg.embeddings)
+        global_of_term, kinds = index.map(vocab)
+        has_boost = cfg.boost and (concepts_dir(cfg.kg) / "boost.parquet").exists()
+        space = concept_space(
+            global_of_term,
+            index.parent if cfg.hierarchy and index.concepts is not None else None,
+            index.boost() if has_boost else None,
+        )
+        concept_of_term, parent, prior = space["of"], space["parent"], space["prior"]
+        extra = {
+            "kg_nodes": index.n_nodes,
+            "kg_concepts": index.n_ids - index.n_nodes,
+            "concepts_used": len(space["dense"]),
+            "hierarchy": parent is not None,
+            "boosted": has_boost,
+        }
     else:
         concept_of_term = np.arange(len(vocab))
-    res = sampling_weights(corpus, cfg.bm25, concept_of_term=concept_of_term)
+    res = sampling_weights(
+        corpus, cfg.bm25, concept_of_term=concept_of_term, parent=parent, prior=prior
+    )
     counts = np.diff(corpus.indptr)
-    mapped_tok = node_of_term[corpus.tokens] >= 0 if len(corpus.tokens) else np.zeros(0, bool)
-    nodes_flat = node_of_term[corpus.tokens][mapped_tok] if len(corpus.tokens) else []
+    mapped_tok = global_of_term[corpus.tokens] >= 0 if len(corpus.tokens) else np.zeros(0, bool)
+    nodes_flat = global_of_term[corpus.tokens][mapped_tok] if len(corpus.tokens) else []
     doc = np.repeat(np.arange(corpus.n_docs), counts)
     per_doc = np.bincount(doc[mapped_tok], minlength=corpus.n_docs) if len(doc) else counts
     offsets = np.zeros(corpus.n_docs + 1, np.int32)
@@ -124,13 +187,134 @@ def weights_step(run: RunDir, cfg: WeightsConfig) -> dict[str, Any]:
         "samples_without_tags": int((counts == 0).sum()),
         "tags": n_tags,
         "distinct_tags": len(vocab),
-        "kg_nodes": kg_nodes,
+        **extra,
         "tags_mapped": int(mapped_tok.sum()) if cfg.kg is not None else None,
         "tags_unmapped": int(n_tags - mapped_tok.sum()) if cfg.kg is not None else None,
-        "distinct_tags_unmapped": int((node_of_term < 0).sum()) if cfg.kg is not None else None,
+        "distinct_tags_unmapped": int((kinds < 0).sum()) if cfg.kg is not None else None,
+        "tags_by_match": (
+            {
+                k: int((kinds[corpus.tokens] == c).sum()) if n_tags else 0
+                for c, k in enumerate(MATCH_KINDS)
+            }
+            if cfg.kg is not None
+            else None
+        ),
         "weight_min": float(res["weight"].min()) if corpus.n_docs else None,
         "weight_max": float(res["weight"].max()) if corpus.n_docs else None,
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     run.write_json(run.path("stats", "weights.json"), stats)
     return stats
+
+
+def coverage(run: RunDir, kg: str | Path, *, top: int = 10, few: int = 3) -> dict[str, Any]:
+    """``kg stats --run``: how a run's ``weights/`` covers the graph's concepts. Voids are
+    kept Wikipedia nodes (highest PageRank first when pruned) and taxonomy concepts with no
+    sample; ``few`` counts those with 1..``few`` samples."""
+    kg = Path(kg)
+    con = catalog.connect(run)
+    if "weights" not in catalog.views(con):
+        raise FileNotFoundError(f"weights/ is missing in {run.display}; run `zfoundry weights`")
+    table = con.sql("SELECT concepts, sampling_weight FROM weights").to_arrow_table()
+    w = table.column("sampling_weight").to_numpy()
+    lists = table.column("concepts").combine_chunks()
+    flat = pc.list_flatten(lists).to_numpy()
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    doc_w = np.repeat(w, lengths)
+    index = ConceptIndex(kg, embeddings=False)
+    n_ids = max(index.n_ids, int(flat.max()) + 1 if len(flat) else 0)
+    count = np.bincount(flat, minlength=n_ids)
+    weighted = np.bincount(flat, weights=doc_w, minlength=n_ids)
+    nodes = pq.read_table(
+        kg / "nodes",
+        columns=[c for c in ("node_id", "title", "kept", "pagerank") if c in _node_columns(kg)],
+    )
+    kept = nodes.column("kept").to_numpy() if "kept" in nodes.column_names else None
+    node_ids = nodes.column("node_id").to_numpy()
+    universe = node_ids[kept] if kept is not None else node_ids
+    order = universe
+    if "pagerank" in nodes.column_names:
+        pr = nodes.column("pagerank").to_numpy()
+        sel = kept if kept is not None else np.ones(len(pr), bool)
+        order = node_ids[sel][np.argsort(-pr[sel], kind="stable")]
+    voids = order[count[order] == 0]
+    few_mask = (count[universe] >= 1) & (count[universe] <= few)
+    out: dict[str, Any] = {
+        "samples": int(table.num_rows),
+        "samples_with_concepts": int((lengths > 0).sum()),
+        "concepts_seen": int((count > 0).sum()),
+        "graph_concepts": len(universe),
+        "graph_concepts_covered": int((count[universe] > 0).sum()),
+        "graph_voids": len(voids),
+        f"graph_concepts_with_1_to_{few}_samples": int(few_mask.sum()),
+        "top_voids": index.names(voids[:top]),
+        "weight_quantiles": _quantiles(w),
+        "effective_sample_fraction": (
+            float(w.sum() ** 2 / (w**2).sum() / len(w)) if len(w) and (w**2).sum() > 0 else None
+        ),
+        "concept_entropy_raw": entropy(count),
+        "concept_entropy_weighted": entropy(weighted),
+    }
+    if index.concepts is not None:
+        ids = index.concepts.column("concept_id").to_numpy()
+        level = index.concepts.column("level").to_numpy()
+        leaf = ids[(level == 0) & index.concepts.column("node_id").is_null().to_numpy()]
+        out["taxonomy_leaves_unattached"] = len(leaf)
+        out["taxonomy_leaf_voids"] = int((count[leaf] == 0).sum())
+    seen = np.flatnonzero(count)
+    best = seen[np.lexsort((seen, -count[seen]))][:top]
+    out["top_concepts"] = [
+        {
+            "concept_id": int(c),
+            "name": name,
+            "samples": int(count[c]),
+            "mean_weight": round(float(weighted[c] / count[c]), 4),
+        }
+        for c, name in zip(best, index.names(best), strict=True)
+    ]
+    return out
+
+
+def _node_columns(kg: Path) -> list[str]:
+    return pq.read_schema(kg / "nodes" / "00000.parquet").names
+
+
+def _quantiles(x: np.ndarray) -> dict[str, float]:
+    if not len(x):
+        return {}
+    qs = {"min": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
+    return {k: round(float(np.quantile(x, q)), 4) for k, q in qs.items()}
+
+
+def plot_coverage(run: RunDir, kg: str | Path, path: str | Path) -> Path:
+    """PNG: sampling-weight histogram and concept sample counts by rank, raw vs weighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = catalog.connect(run).sql("SELECT concepts, sampling_weight FROM weights")
+    table = table.to_arrow_table()
+    w = table.column("sampling_weight").to_numpy()
+    lists = table.column("concepts").combine_chunks()
+    flat = pc.list_flatten(lists).to_numpy()
+    doc_w = np.repeat(w, pc.list_value_length(lists).to_numpy(zero_copy_only=False))
+    raw = np.bincount(flat) if len(flat) else np.zeros(0)
+    weighted = np.bincount(flat, weights=doc_w) if len(flat) else np.zeros(0)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.hist(w, bins=50, color="#4477aa")
+    a.set(xlabel="sampling_weight", ylabel="samples", title="Weight distribution")
+    a.set_yscale("log")
+    for values, label in ((raw, "raw pool"), (weighted, "weighted")):
+        v = np.sort(values[values > 0])[::-1]
+        if len(v):
+            b.loglog(np.arange(1, len(v) + 1), v / v.sum(), label=label)
+    b.set(xlabel="concept rank", ylabel="share of concept mentions", title="Concept balance")
+    b.legend()
+    fig.suptitle(f"{run.display} against {Path(kg).name}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

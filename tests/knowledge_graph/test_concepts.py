@@ -1,0 +1,200 @@
+"""KG_DIR/concepts/: taxonomy over a run's tags attached to a graph, the tag -> concept
+mapping (title, alias, taxonomy tag, embedding), kg add, kg boost, weights with the
+hierarchy and boosts, and a run's coverage, through the functions and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from knowledge_graph.build import build_kg
+from knowledge_graph.concepts import (
+    MATCH_KINDS,
+    BoostConfig,
+    ConceptIndex,
+    ConceptsConfig,
+    boost_from_prompts,
+    build_concepts,
+    graph_size,
+)
+from knowledge_graph.sampling import WeightsConfig, run_tags, weights_step
+from knowledge_graph.taxonomy import TaxonomyConfig
+from pipelines.cli import app
+from tests.conftest import EXAMPLES
+from tests.helpers import ingest_folders, read_table
+from tests.knowledge_graph.test_kg import page, write_dump
+
+TITLES = [
+    "Dog", "Pizza", "Table (furniture)", "Man", "Bicycle", "Laptop", "Bus", "Horse",
+    "Elephant", "Broccoli", "Democracy", "Inflation",
+]  # fmt: skip
+LEVELS = (8, 3)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return ingest_folders(tmp_path_factory.mktemp("c"), EXAMPLES / "data" / "coco25")
+
+
+@pytest.fixture(scope="module")
+def kg(tmp_path_factory, run):
+    tmp = tmp_path_factory.mktemp("kg")
+    pages = [page(i + 1, t, f"[[{TITLES[(i + 1) % len(TITLES)]}]]") for i, t in enumerate(TITLES)]
+    pages += [
+        page(100, "Bike", "#REDIRECT [[Bicycle]]", redirect="Bicycle"),
+        page(101, "Pie (pizza)", "#REDIRECT [[Pizza]]", redirect="Pizza"),
+    ]
+    build_kg([write_dump(tmp / "t-pages-articles.xml", pages)], tmp / "kg")
+    cfg = ConceptsConfig(taxonomy=TaxonomyConfig(levels=LEVELS))
+    stats = build_concepts(tmp / "kg", run_tags(run), cfg, source="coco25")
+    assert stats["distinct_tags"] == 66 and stats["levels"] == {0: 66, 1: 8, 2: 3}
+    return tmp / "kg"
+
+
+def test_taxonomy_is_a_tree_hung_under_the_graph(kg):
+    n = graph_size(kg)
+    assert n == len(TITLES)
+    nodes = pq.read_table(kg / "concepts" / "nodes.parquet").to_pylist()
+    ids = {r["concept_id"]: r for r in nodes}
+    assert min(ids) == n and sorted(ids) == list(range(n, n + len(nodes)))
+    for r in nodes:  # every level points one level up; the top has no parent
+        if r["level"] == len(LEVELS):
+            assert r["parent_id"] is None
+        else:
+            assert ids[r["parent_id"]]["level"] == r["level"] + 1
+    leaves = {r["name"]: r for r in nodes if r["level"] == 0}
+    assert leaves["dog"]["node_id"] == TITLES.index("Dog") and leaves["dog"]["match"] == "title"
+    sizes = {r["concept_id"]: r["size"] for r in nodes}
+    top = [r for r in nodes if r["parent_id"] is None]
+    assert sum(sizes[r["concept_id"]] for r in top) == 66  # sizes count leaves
+
+
+def test_tags_map_by_title_alias_taxonomy_and_embedding(kg):
+    index = ConceptIndex(kg)
+    tags = [
+        "dog",
+        "Dogs",
+        "bike",
+        "pie (pizza)",
+        "vulture",
+        "canine",
+        "notebook computer",
+        "quantum chromodynamics",
+    ]
+    ids, kind = index.map(tags)
+    names = [MATCH_KINDS[k] if k >= 0 else None for k in kind]
+    assert ids[0] == ids[1] == TITLES.index("Dog") and names[:2] == ["title", "title"]
+    assert ids[2] == TITLES.index("Bicycle") and names[2] == "alias"
+    assert ids[3] == TITLES.index("Pizza") and names[3] == "alias"
+    assert names[4] == "concept" and ids[4] >= len(TITLES)  # a pool tag with no article
+    assert index.names([ids[4]]) == ["vulture"]
+    assert names[5] == "embedding" and ids[5] == TITLES.index("Dog")
+    assert names[6] == "embedding" and ids[6] == TITLES.index("Laptop")
+    assert ids[7] == -1 and kind[7] == -1
+    # a leaf's node inherits the leaf's parent: the hierarchy reaches Wikipedia nodes
+    assert index.parent[TITLES.index("Dog")] >= len(TITLES)
+
+
+def test_weights_use_the_hierarchy_and_prompt_boosts(kg, run, tmp_path):
+    base = weights_step(run, WeightsConfig(kg=str(kg), hierarchy=False))
+    flat = {r["sample_id"]: r for r in read_table(run, "weights").to_pylist()}
+    stats = weights_step(run, WeightsConfig(kg=str(kg)))
+    tree = {r["sample_id"]: r for r in read_table(run, "weights").to_pylist()}
+    assert stats["hierarchy"] and not base["hierarchy"]
+    assert sum(stats["tags_by_match"].values()) == stats["tags_mapped"] == stats["tags"]
+    assert stats["tags_by_match"]["concept"] > 0 and stats["tags_by_match"]["title"] > 0
+    w = np.array([r["sampling_weight"] for r in tree.values()])
+    assert (w > 0).all() and w.mean() == pytest.approx(1.0)
+    assert any(abs(tree[k]["sampling_weight"] - flat[k]["sampling_weight"]) > 1e-6 for k in tree)
+    # a sample whose only tags are the common "man" weighs less than one with rare tags
+    man = TITLES.index("Man")
+    rare = [r for r in tree.values() if man not in r["concepts"] and r["concepts"]]
+    only_man = [r for r in tree.values() if r["concepts"] == [man]]
+    if only_man:
+        assert max(r["sampling_weight"] for r in only_man) < np.median(
+            [r["sampling_weight"] for r in rare]
+        )
+    # prompts that keep asking for pizza raise pizza samples' weights
+    bst = boost_from_prompts(kg, ["a pizza on a table", "pizza!", "two pizzas"], BoostConfig())
+    pizza = TITLES.index("Pizza")
+    assert bst["top"][0] == {
+        "concept_id": pizza,
+        "name": "Pizza",
+        "prompt_count": 3,
+        "boost": round(1 + np.log(4), 4),
+    }
+    weights_step(run, WeightsConfig(kg=str(kg)))
+    boosted = {r["sample_id"]: r for r in read_table(run, "weights").to_pylist()}
+    with_pizza = [k for k, r in boosted.items() if pizza in r["concepts"]]
+    assert with_pizza
+    for k in with_pizza:
+        assert boosted[k]["sampling_weight"] > tree[k]["sampling_weight"]
+    (kg / "concepts" / "boost.parquet").unlink()
+
+
+def test_cli_taxonomy_add_boost_and_coverage(kg, run, tmp_path):
+    runner = CliRunner()
+    (tmp_path / "new.txt").write_text("drone\n\nelectric scooter\ndog\n")
+    res = runner.invoke(app, ["kg", "add", str(kg), "--concepts", str(tmp_path / "new.txt"),
+                              "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    added = json.loads(res.stdout)
+    assert added["added"] == 2 and added["already_present"] == 1  # "dog" is a leaf already
+    new = {r["name"]: r for r in added["new"]}
+    assert set(new) == {"drone", "electric scooter"}
+    index = ConceptIndex(kg)
+    ids, kind = index.map(["drone"])
+    assert ids[0] == new["drone"]["concept_id"] and MATCH_KINDS[kind[0]] == "concept"
+    nodes = pq.read_table(kg / "concepts" / "nodes.parquet")
+    assert nodes.column("source").to_pylist().count("added") == 2
+    res = runner.invoke(app, ["weights", run.root, "--kg", str(kg), "--json"])
+    assert res.exit_code == 0, res.output
+    png = tmp_path / "coverage.png"
+    res = runner.invoke(
+        app, ["kg", "stats", str(kg), "--run", run.root, "--plot", str(png), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    cov = json.loads(res.stdout)
+    assert cov["samples"] == 25 and cov["graph_concepts"] == len(TITLES)
+    assert {"Democracy", "Inflation"} <= set(cov["top_voids"])  # no photo shows them
+    assert cov["graph_voids"] + cov["graph_concepts_covered"] == len(TITLES)
+    assert cov["top_concepts"][0]["name"] == "Man"  # 5 captions mention a man
+    assert png.stat().st_size > 10_000
+    res = runner.invoke(app, ["kg", "stats", str(kg), "--run", run.root])
+    assert res.exit_code == 0 and "Voids" in res.stdout
+
+
+def test_cli_taxonomy_from_a_tags_file_and_bad_input(tmp_path, kg):
+    runner = CliRunner()
+    tags = tmp_path / "tags.txt"
+    tags.write_text("dog\ncat\ncat\nred car\nbicycle\nBikes\n")
+    out = tmp_path / "kg2"
+    import shutil
+
+    shutil.copytree(kg, out, ignore=shutil.ignore_patterns("concepts"))
+    res = runner.invoke(
+        app, ["kg", "taxonomy", str(out), "--tags", str(tags), "--levels", "2,1",
+              "--no-embed-titles", "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.stdout)
+    assert stats["distinct_tags"] == 5 and stats["tags"] == 6  # "bikes" -> "bike"
+    assert stats["title_vectors"] is None and stats["attached"]["embedding"] == 0
+    assert stats["attached"]["title"] >= 2 and stats["attached"]["alias"] >= 1
+    bad = [
+        (["kg", "taxonomy", str(out)], "exactly one of --run and --tags"),
+        (["kg", "taxonomy", str(out), "--tags", str(tags), "--levels", "4,x"], "--levels"),
+        (["kg", "taxonomy", str(out), "--tags", str(tags), "--levels", "2,4"], "levels"),
+        (["kg", "taxonomy", str(out), "--tags", str(tags), "--encoder", "w2v"], "encoder.kind"),
+        (["kg", "add", str(tmp_path), "--concepts", str(tags)], "no taxonomy"),
+        (["kg", "boost", str(out), "--prompts", str(tmp_path / "none.txt")], "not a file"),
+        (["kg", "boost", str(out), "--prompts", str(tags), "--beta", "-1"], "beta"),
+    ]
+    for args, message in bad:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert message in " ".join(res.output.split()), (args, res.output)
