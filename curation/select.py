@@ -34,6 +34,7 @@ from infra.tables import SHARD, conform
 MANIFEST_FORMAT = "zfoundry.manifest/1"
 # Per-sample tables joined to samples when present (LEFT JOIN, so predicates may use them).
 OPTIONAL_TABLES = ("scores", "dedup", "weights", "captions")
+BALANCE = ("weights", "concepts", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +49,10 @@ class Sampling:
     """Probability of each caption column being the training caption (sums to 1)."""
     resolution_buckets: tuple[tuple[int, int], ...] = ((256, 256),)
     """Training resolutions (width, height) for the stage."""
+    balance: str = "weights"
+    """Where ``sampling_weight`` comes from: ``weights`` (the run's ``weights/`` table, 1.0
+    without one), ``concepts`` (recomputed over the selected rows' concepts, so the stage
+    itself is concept-balanced; needs ``weights/``), or ``none`` (all 1.0)."""
 
     def __post_init__(self) -> None:
         probs = self.caption_probs
@@ -60,6 +65,7 @@ class Sampling:
         require(
             ok, "resolution_buckets", self.resolution_buckets, "must be positive multiples of 16"
         )
+        require(self.balance in BALANCE, "balance", self.balance, f"must be one of {BALANCE}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,10 +131,17 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
     steps = funnel(con, recipe, recipe_source)
     frm, weight = _from_clause(con)
     where = " AND ".join(["profiles.error IS NULL", *(f"({p})" for p in recipe.where)])
+    has_weights = "weights" in catalog.views(con)
+    balance = recipe.sampling.balance
+    if balance == "none":
+        weight = "1.0"
+    elif balance == "concepts":
+        frm, weight = _balance_by_concepts(run, con, frm, where)
+    concepts = "weights.concepts" if has_weights else "NULL::BIGINT[]"
     query = (
         f"SELECT samples.sample_id, samples.image, samples.uri, samples.caption_alt, "
         f"profiles.width, profiles.height, {weight} AS sampling_weight, 't2i' AS task, "
-        f"profiles.content_sha256 AS profiled_sha256 "
+        f"{concepts} AS concepts, profiles.content_sha256 AS profiled_sha256 "
         f"FROM {frm} WHERE {where} ORDER BY samples.sample_id"
     )
     reader = con.sql(query).to_arrow_reader(recipe.rows_per_shard)
@@ -170,6 +183,25 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
     _write_manifest(fs, root, manifest)
     _delete_stale(fs, root, {s["path"] for s in shards})
     return manifest
+
+
+def _balance_by_concepts(run: RunDir, con, frm: str, where: str) -> tuple[str, str]:
+    """Weights recomputed over the selected rows' concepts, joined as ``balanced``."""
+    from knowledge_graph.sampling import balanced_weights
+    from knowledge_graph.weights import WeightConfig
+
+    if "weights" not in catalog.views(con):
+        raise FileNotFoundError(
+            "sampling.balance = 'concepts' needs the weights/ table; run `zfoundry weights`"
+        )
+    rows = con.sql(
+        f"SELECT samples.sample_id, weights.concepts FROM {frm} WHERE {where}"
+    ).to_arrow_table()
+    settings = run.read_json(run.path("weights", "_settings.json"))
+    cfg = WeightConfig(**settings.get("bm25", {}))
+    w = balanced_weights(rows.column("concepts"), settings.get("kg"), cfg)
+    con.register("balanced", pa.table({"sample_id": rows.column("sample_id"), "w": w}))
+    return f"{frm} LEFT JOIN balanced USING (sample_id)", "coalesce(balanced.w, 1.0)"
 
 
 def _fill_images(batch: pa.RecordBatch, dropped: collections.Counter) -> pa.RecordBatch:

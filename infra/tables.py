@@ -68,6 +68,8 @@ SHARD = pa.schema(
         pa.field("height", pa.int32(), nullable=False),
         pa.field("sampling_weight", pa.float64(), nullable=False),
         pa.field("task", pa.string(), nullable=False),
+        # knowledge-graph concept ids (weights/; ids >= the graph's node count are concepts/)
+        pa.field("concepts", pa.list_(pa.int64())),
     ]
 )
 

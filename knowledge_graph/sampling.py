@@ -27,7 +27,7 @@ from infra.config import Location, require, to_dict
 from infra.storage import RunDir
 from knowledge_graph.concepts import MATCH_KINDS, ConceptIndex, concepts_dir
 from knowledge_graph.tags import tags_for_table
-from knowledge_graph.weights import WeightConfig, encode_tags, entropy, sampling_weights
+from knowledge_graph.weights import Corpus, WeightConfig, encode_tags, entropy, sampling_weights
 from knowledge_graph.weights import _subtree_sum as subtree_sum  # TODO public after helper
 
 WEIGHTS = pa.schema(
@@ -318,3 +318,49 @@ def plot_coverage(run: RunDir, kg: str | Path, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def balanced_weights(
+    concepts: pa.Array | pa.ChunkedArray,
+    kg: str | Path | None,
+    cfg: WeightConfig | None = None,
+    *,
+    hierarchy: bool = True,
+    boost: bool = True,
+) -> np.ndarray:
+    """Sampling weights of a subset of samples from their ``concepts`` lists alone (the
+    ``weights/`` formula with concepts as the terms): what a recipe's ``balance =
+    "concepts"`` uses so the *selected* rows are balanced, not the whole pool. With ``kg``
+    the taxonomy's parents and ``kg boost`` factors apply as in ``weights_step``."""
+    if isinstance(concepts, pa.ChunkedArray):
+        concepts = concepts.combine_chunks() if concepts.num_chunks else pa.array([], concepts.type)
+    concepts = (
+        pc.fill_null(concepts, pa.scalar([], concepts.type)) if concepts.null_count else concepts
+    )
+    flat = pc.list_flatten(concepts).to_numpy().astype(np.int64)
+    lengths = pc.list_value_length(concepts).to_numpy(zero_copy_only=False).astype(np.int64)
+    parent = factor = None
+    if kg is not None:
+        index = ConceptIndex(kg, embeddings=False)
+        if hierarchy and index.concepts is not None:
+            parent = index.parent
+        if boost and (concepts_dir(kg) / "boost.parquet").exists():
+            factor = index.boost()
+        if len(flat) and flat.max() >= len(index.parent):
+            raise ValueError(
+                f"concepts: id {int(flat.max())} is not in {kg} ({len(index.parent)} ids); "
+                "were the weights computed against another graph?"
+            )
+    space = concept_space(flat, parent, factor)
+    indptr = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    n_terms = len(space["dense"])
+    corpus = Corpus(indptr, space["of"].astype(np.int32), pa.nulls(n_terms, pa.string()))
+    res = sampling_weights(
+        corpus,
+        cfg or WeightConfig(),
+        concept_of_term=np.arange(n_terms),
+        parent=space["parent"],
+        prior=space["prior"],
+    )
+    return res["weight"]

@@ -198,3 +198,41 @@ def test_cli_taxonomy_from_a_tags_file_and_bad_input(tmp_path, kg):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)
         assert message in " ".join(res.output.split()), (args, res.output)
+
+
+def test_select_writes_concepts_and_can_balance_the_selected_rows(kg, run, tmp_path):
+    from curation.select import Recipe, Sampling, select
+    from knowledge_graph.sampling import balanced_weights
+    from knowledge_graph.weights import entropy
+    from tests.helpers import profile
+
+    profile(run)
+    weights_step(run, WeightsConfig(kg=str(kg)))
+    pool = {r["sample_id"]: r for r in read_table(run, "weights").to_pylist()}
+
+    def rows(balance: str, where=()) -> list[dict]:
+        recipe = Recipe(name=balance, where=where, sampling=Sampling(balance=balance))
+        out = tmp_path / balance
+        m = select(run, recipe, str(out))
+        assert m["sampling"]["balance"] == balance
+        return [r for s in m["shards"] for r in pq.read_table(out / s["path"]).to_pylist()]
+
+    got = rows("weights")
+    assert got and all(r["concepts"] == pool[r["sample_id"]]["concepts"] for r in got)
+    assert all(r["sampling_weight"] == pool[r["sample_id"]]["sampling_weight"] for r in got)
+    assert all(r["sampling_weight"] == 1.0 for r in rows("none"))
+    subset = rows("concepts", where=("width >= 500",))  # a subset: balance it, not the pool
+    assert 0 < len(subset) < len(got)
+    w = np.array([r["sampling_weight"] for r in subset])
+    lists = [r["concepts"] for r in subset]
+    import pyarrow as pa
+
+    want = balanced_weights(pa.array(lists, pa.list_(pa.int64())), str(kg))
+    np.testing.assert_allclose(w, want)
+    has = np.array([bool(c) for c in lists])
+    assert w[has].mean() == pytest.approx(1.0) and (w > 0).all()
+    flat = np.concatenate([c for c in lists if c])
+    per = np.concatenate([[wi] * len(c) for wi, c in zip(w, lists, strict=True) if c])
+    raw = np.bincount(flat)
+    assert entropy(np.bincount(flat, weights=per)) > entropy(raw)  # flatter than the raw mix
+    assert not np.allclose(w, [pool[r["sample_id"]]["sampling_weight"] for r in subset])
