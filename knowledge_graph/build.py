@@ -60,6 +60,7 @@ NODES = pa.schema(
     ]
 )
 EDGES = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
+ALIASES = pa.schema([("title", pa.string()), ("node_id", pa.int64()), ("hops", pa.int32())])
 
 
 @dataclass(frozen=True)
@@ -526,10 +527,12 @@ def write_graph(
     dst: Any,
     *,
     is_disambiguation: Any = None,
+    aliases: pa.Table | None = None,
     source: str = "edge list",
 ) -> dict[str, Any]:
     """A graph from arrays (e.g. the Wikispeedia TSVs, or another tool's link graph): node i
-    is ``titles[i]``; self-loops and duplicate pairs are dropped and counted, as in a build."""
+    is ``titles[i]``; self-loops and duplicate pairs are dropped and counted, as in a build.
+    ``aliases`` (``title``, ``node_id``, ``hops``) become ``aliases/``."""
     import numpy as np
 
     out = Path(out)
@@ -562,6 +565,13 @@ def write_graph(
     )
     pq.write_table(nodes, out / "nodes" / "00000.parquet", compression="zstd")
     pq.write_table(pa.table({"src": s, "dst": d}, schema=EDGES), out / "edges" / "00000.parquet")
+    if aliases is not None:
+        (out / "aliases").mkdir()
+        aliases = aliases.select(["title", "node_id", "hops"]).cast(ALIASES)
+        ids = aliases.column("node_id").to_numpy()
+        if len(ids) and (ids.min() < 0 or ids.max() >= n):
+            raise ValueError(f"aliases: node ids must be in [0, {n})")
+        pq.write_table(aliases, out / "aliases" / "00000.parquet")
     stats = {
         "stage": "kg_build",
         "source": source,
@@ -569,7 +579,7 @@ def write_graph(
         "self_loops": int(loops.sum()),
         "duplicate_links": int((~loops).sum() - len(key)),
         "links_to_missing_pages": 0,
-        "redirects_resolved": 0,
+        "redirects_resolved": 0 if aliases is None else aliases.num_rows,
         "edges": len(key),
         "nodes": n,
         "disambiguation_nodes": int(dis.sum()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -33,6 +34,15 @@ def test_quickstart_accounts_for_every_row(quickstart):
     assert stats["in"] == N_ALL and stats["rejected"] == N_BAD and stats["ok"] == N_ALL - N_BAD
     manifest = json.loads((run_dir / "shards" / "quickstart" / "manifest.json").read_text())
     assert 0 < manifest["totals"]["rows"] <= 25
+    # weights against the shipped demo concept graph, re-balanced over the selected rows
+    weights = json.loads((run_dir / "stats" / "weights.json").read_text())
+    assert weights["in"] == N_ALL and weights["hierarchy"] and weights["tags_mapped"] > 0
+    assert manifest["sampling"]["balance"] == "concepts"
+    shards = [
+        pq.read_table(run_dir / "shards" / "quickstart" / s["path"]) for s in manifest["shards"]
+    ]
+    rows = [r for t in shards for r in t.to_pylist()]
+    assert any(r["concepts"] for r in rows) and len({r["sampling_weight"] for r in rows}) > 1
     assert "rejects by reason" in output and "manifest" in output and "too_many_pixels" in output
 
 
