@@ -7,11 +7,11 @@ Nodes: the articles of the real English Wikipedia dump fragment in
 ``shared/data/wikipedia`` (CC BY-SA), with its links and redirects, plus the 80 COCO object
 categories and their 12 supercategories (``shared/data/coco-mini/instances_val2017.json``,
 CC BY 4.0) linked category <-> supercategory, titled as Wikipedia would ("Dining table").
-The graph is pruned with PageRank keeping every node; the visual-generatability filter
-marks abstract articles (``generatable``) without dropping them, so the demo's coverage
-report shows both. ``concepts/`` is the tag taxonomy of the bundled coco25 captions plus
-the COCO category names (``kg taxonomy``), with every title embedded by the bundled
-MiniLM.
+PageRank keeps every node, and the visual-generatability judge (rules + the shipped head)
+drops the articles an image cannot show ("Anarchism", "Algebra", "List of ..."), so only
+depictable concepts receive tags and appear as voids. ``concepts/`` is the tag taxonomy of
+the bundled coco25 captions plus the COCO category names (``kg taxonomy``), with every
+kept title embedded by the bundled MiniLM.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from knowledge_graph.build import build_kg, write_graph
 from knowledge_graph.concepts import ConceptsConfig, build_concepts
+from knowledge_graph.generatability import GeneratabilityConfig
 from knowledge_graph.prune import PruneConfig, prune
 from knowledge_graph.tags import extract_tags
 from knowledge_graph.taxonomy import TaxonomyConfig
@@ -81,10 +82,12 @@ def main() -> None:
         aliases=aliases,
         source="shared wikipedia fragment + COCO categories",
     )
-    prune(out, PruneConfig(keep_fraction=1.0, min_in_links=0))
-    tags = [
-        extract_tags(p.read_text().strip()) for p in sorted((HERE / "data" / "coco25").glob("*.txt"))
-    ]
+    pruned = prune(
+        out,
+        PruneConfig(keep_fraction=1.0, min_in_links=0, generatability=GeneratabilityConfig()),
+    )
+    captions = sorted((HERE / "data" / "coco25").glob("*.txt"))
+    tags = [extract_tags(p.read_text().strip()) for p in captions]
     tags.append([c["name"] for c in coco["categories"]])
     stats = build_concepts(
         out,
@@ -92,7 +95,9 @@ def main() -> None:
         ConceptsConfig(taxonomy=TaxonomyConfig(levels=(24, 6))),
         source="examples/data/coco25 captions + COCO category names",
     )
-    print(json.dumps({"nodes": len(titles), "edges": len(src), **stats}, indent=1))
+    shutil.rmtree(out / "_cache")  # the text-vector cache; concepts/ keeps what is needed
+    kept = {k: pruned[k] for k in ("kept", "removed_not_generatable", "not_generatable_by_reason")}
+    print(json.dumps({"nodes": len(titles), "edges": len(src), **kept, **stats}, indent=1))
 
 
 if __name__ == "__main__":

@@ -479,7 +479,8 @@ def build_kg(
             and old.name != "_duckdb_tmp"
         ):
             shutil.rmtree(old)
-    for name in ("nodes", "edges", "aliases", "stats", "concepts"):  # concepts: old node ids
+    # concepts/ and the vector cache hold node ids / titles of the old graph
+    for name in ("nodes", "edges", "aliases", "stats", "concepts", "_cache"):
         shutil.rmtree(out / name, ignore_errors=True)
     success.unlink(missing_ok=True)
     counters = resolve(staging, out, redirect_hops=redirect_hops, memory_limit=memory_limit)
@@ -545,7 +546,7 @@ def write_graph(
     loops = src == dst
     key = np.unique(src[~loops] * n + dst[~loops])
     s, d = key // n, key % n
-    for name in ("nodes", "edges", "aliases", "stats", "concepts", "_staging"):
+    for name in ("nodes", "edges", "aliases", "stats", "concepts", "_cache", "_staging"):
         shutil.rmtree(out / name, ignore_errors=True)
     (out / "_SUCCESS.json").unlink(missing_ok=True)
     (out / "nodes").mkdir(parents=True)

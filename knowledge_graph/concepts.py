@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from infra.config import from_dict, require, to_dict
-from knowledge_graph.encoders import EncoderConfig, TextEncoder, load_encoder
+from knowledge_graph.encoders import CachedEncoder, EncoderConfig, TextEncoder, load_encoder
 from knowledge_graph.tags import extract_tags, normalise_tag
 from knowledge_graph.taxonomy import (
     LEAF_OF_TAG,
@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 MATCH_KINDS = ("title", "alias", "concept", "embedding")
 """How a tag found its concept, in the order tried (code = index; -1 = unmapped)."""
 SEARCH_BATCH = 8192
+CACHE = "_cache"
+"""``KG_DIR/_cache/``: text vectors per encoder (``CachedEncoder``), shared by the
+generatability judge of ``kg prune`` and ``kg taxonomy``; cleared by a rebuild."""
 TAGS = pa.schema([("tag", pa.string()), ("concept_id", pa.int64()), ("count", pa.int64())])
 BOOST = pa.schema(
     [
@@ -255,7 +258,8 @@ def _title_vectors(
         )
         if same:
             return _matrix(table.column("vector")), True
-    return encoder.encode(index.titles, progress=progress), False
+    cached = CachedEncoder(encoder, kg_dir / CACHE)
+    return cached.encode(index.titles, progress=progress), False
 
 
 def _write_title_vectors(folder: Path, node_ids: np.ndarray, x: np.ndarray, name: str) -> None:

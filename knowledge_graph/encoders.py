@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from infra.config import require
 
@@ -182,3 +186,57 @@ def load_encoder(cfg: EncoderConfig = EncoderConfig()) -> TextEncoder:
             cfg.model, cfg.pretrained, batch_size=cfg.batch_size, device=cfg.device
         )
     return SentenceEncoder(cfg.model, batch_size=cfg.batch_size, device=cfg.device)
+
+
+class CachedEncoder:
+    """An encoder with a Parquet cache of ``text -> vector`` (one file per encoder): texts
+    seen before are read back instead of encoded again, e.g. the kept titles that
+    ``kg prune``'s generatability judge embeds and ``kg taxonomy`` embeds again."""
+
+    def __init__(self, encoder: TextEncoder, folder: str | Path):
+        self.encoder = encoder
+        self.name, self.dim = encoder.name, encoder.dim
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.name)
+        self.path = Path(folder) / f"text_vectors-{slug}-{encoder.dim}.parquet"
+        self._rows: dict[str, int] | None = None
+        self._x = np.zeros((0, encoder.dim), np.float32)
+
+    def _load(self) -> dict[str, int]:
+        if self._rows is None:
+            self._rows = {}
+            if self.path.exists():
+                table = pq.read_table(self.path)
+                col = table.column("vector").combine_chunks()
+                self._x = col.flatten().to_numpy().reshape(-1, self.dim).astype(np.float32)
+                texts = table.column("text").to_pylist()
+                self._rows = dict(zip(texts, range(len(texts)), strict=True))
+        return self._rows
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        texts = _check_texts(texts)
+        rows = self._load()
+        missing = list(dict.fromkeys(t for t in texts if t not in rows))
+        if missing:
+            new = self.encoder.encode(missing, progress=progress)
+            for i, t in enumerate(missing):
+                rows[t] = len(self._x) + i
+            self._x = np.concatenate([self._x, new])
+            self._save()
+        log.info(
+            "%s: %d texts, %d from the cache", self.path.name, len(texts), len(texts) - len(missing)
+        )
+        return self._x[[rows[t] for t in texts]] if texts else np.zeros((0, self.dim), np.float32)
+
+    def _save(self) -> None:
+        assert self._rows is not None
+        texts = sorted(self._rows, key=self._rows.__getitem__)
+        table = pa.table(
+            {
+                "text": pa.array(texts, pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(self._x.ravel()), self.dim),
+            }
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"_tmp-{self.path.name}")
+        pq.write_table(table, tmp)
+        tmp.replace(self.path)

@@ -3,11 +3,15 @@
 Prune only adds columns to ``nodes/``: ``pagerank`` (float64, sums to 1 over all nodes) and
 ``kept``. A node is kept when it is referenced by at least ``min_in_links`` articles and its
 PageRank passes the cut: among the top ``keep_fraction`` of nodes (ties by ``node_id``), or
-at least ``min_score``. Isolated and seldom-referenced concepts fall below both.
+at least ``min_score``. Isolated and seldom-referenced concepts fall below both. With
+``generatability`` set, the nodes PageRank keeps are also judged visually generatable
+(``knowledge_graph.generatability``: rules, then an embedding head or a text-generation
+backend) and ``kept`` requires it; the verdict, score and reason become columns.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 from dataclasses import dataclass
@@ -20,9 +24,17 @@ import pyarrow.parquet as pq
 
 from infra.config import require, to_dict
 from knowledge_graph.build import read_edges
+from knowledge_graph.encoders import EncoderConfig
+from knowledge_graph.generatability import GeneratabilityConfig
 from knowledge_graph.pagerank import in_csr, pagerank
 
-PRUNE_COLUMNS = ("pagerank", "kept")
+PRUNE_COLUMNS = (
+    "pagerank",
+    "kept",
+    "generatable",
+    "generatability_score",
+    "generatability_reason",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +53,9 @@ class PruneConfig:
     """Stop when the L1 change of an iteration is below this."""
     max_iter: int = 1000
     """Give up (and say so in the stats) after this many iterations."""
+    generatability: GeneratabilityConfig | None = None
+    """Visual-generatability filter on the nodes PageRank keeps (``knowledge_graph.
+    generatability``: rules, an embedding head, or a text-generation backend); none: off."""
 
     def __post_init__(self) -> None:
         if self.min_score is None:
@@ -58,8 +73,20 @@ class PruneConfig:
         require(self.max_iter >= 1, "max_iter", self.max_iter, "must be >= 1")
 
 
-def prune(kg_dir: str | Path, cfg: PruneConfig, *, use_gpu: bool | None = None) -> dict[str, Any]:
-    """Compute PageRank over ``edges/`` and write ``pagerank`` + ``kept`` into ``nodes/``."""
+def prune(
+    kg_dir: str | Path,
+    cfg: PruneConfig,
+    *,
+    use_gpu: bool | None = None,
+    encoder: EncoderConfig | None = None,
+    backend=None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Compute PageRank over ``edges/`` and write ``pagerank`` + ``kept`` into ``nodes/``;
+    with ``cfg.generatability`` also ``generatable`` / ``generatability_score`` /
+    ``generatability_reason`` (null for nodes PageRank already cut), and ``kept`` requires
+    ``generatable``. ``encoder``: the judge's text encoder (default the bundled MiniLM),
+    its vectors cached under ``KG_DIR/_cache/``; ``backend``: a ``TextGenBackend``."""
     t0 = time.perf_counter()
     kg_dir = Path(kg_dir)
     if not (kg_dir / "_SUCCESS.json").exists():
@@ -82,12 +109,21 @@ def prune(kg_dir: str | Path, cfg: PruneConfig, *, use_gpu: bool | None = None) 
     t_pr = time.perf_counter() - t
     in_degree = np.diff(csr[0])
     kept = _cut(pr.scores, in_degree, cfg)
+    by_pagerank = int(kept.sum())
     path = kg_dir / "nodes" / "00000.parquet"
     nodes = pq.read_table(path)
     nodes = nodes.drop_columns([c for c in PRUNE_COLUMNS if c in nodes.column_names])
     if not np.array_equal(nodes.column("node_id").to_numpy(), np.arange(n)):
         raise ValueError(f"{path}: node_id must be 0..n-1 in order; rebuild the graph")
     nodes = nodes.append_column("pagerank", pa.array(pr.scores, pa.float64()))
+    judged: dict[str, Any] = {}
+    if cfg.generatability is not None:
+        t = time.perf_counter()
+        cols, judged = _judge(nodes, kept, cfg.generatability, kg_dir, encoder, backend, progress)
+        judged["generatability_s"] = round(time.perf_counter() - t, 3)
+        kept &= cols["generatable"].fill_null(False).to_numpy(zero_copy_only=False)
+        for name, col in cols.items():
+            nodes = nodes.append_column(name, col)
     nodes = nodes.append_column("kept", pa.array(kept))
     tmp = path.with_suffix(".tmp")
     pq.write_table(nodes, tmp, compression="zstd")
@@ -98,7 +134,9 @@ def prune(kg_dir: str | Path, cfg: PruneConfig, *, use_gpu: bool | None = None) 
         "nodes": n,
         "edges": len(src),
         "kept": int(kept.sum()),
+        "kept_by_pagerank": by_pagerank,
         "removed": int(n - kept.sum()),
+        **judged,
         "removed_isolated": int(((in_degree == 0) & ~kept).sum()),
         "pagerank_backend": pr.backend,
         "iterations": pr.iterations,
@@ -111,6 +149,47 @@ def prune(kg_dir: str | Path, cfg: PruneConfig, *, use_gpu: bool | None = None) 
     (kg_dir / "stats").mkdir(exist_ok=True)
     (kg_dir / "stats" / "prune.json").write_text(json.dumps(stats, indent=2))
     return stats
+
+
+def _judge(nodes, kept, gcfg, kg_dir: Path, encoder, backend, progress: bool):
+    """Generatability columns for ``nodes`` (judging only the ``kept`` rows) and counters."""
+    from knowledge_graph.concepts import CACHE
+    from knowledge_graph.encoders import CachedEncoder, load_encoder
+    from knowledge_graph.generatability import judge_titles
+
+    rows = np.flatnonzero(kept)
+    enc = None
+    if gcfg.judge != "rules":
+        enc = CachedEncoder(load_encoder(encoder or EncoderConfig()), kg_dir / CACHE)
+    verdict = judge_titles(
+        nodes.column("title").take(pa.array(rows)),
+        is_disambiguation=nodes.column("is_disambiguation").take(pa.array(rows)),
+        cfg=gcfg,
+        encoder=enc,
+        backend=backend,
+        progress=progress,
+    )
+    n = nodes.num_rows
+    cols = {}
+    for name, col in (
+        ("generatable", "generatable"),
+        ("generatability_score", "score"),
+        ("generatability_reason", "reason"),
+    ):
+        values = verdict.column(col).combine_chunks()
+        index = np.full(n, -1, np.int64)
+        index[rows] = np.arange(len(rows))
+        full = values.take(pa.array(index, mask=index < 0))
+        cols[name] = full
+    gen = verdict.column("generatable").to_numpy(zero_copy_only=False)
+    reasons = verdict.column("reason").to_pylist()
+    dropped = collections.Counter(r for r, g in zip(reasons, gen, strict=True) if not g)
+    return cols, {
+        "judged": len(rows),
+        "removed_not_generatable": int((~gen).sum()),
+        "not_generatable_by_reason": dict(sorted(dropped.items())),
+        "judge": gcfg.judge,
+    }
 
 
 def _cut(scores: np.ndarray, in_degree: np.ndarray, cfg: PruneConfig) -> np.ndarray:

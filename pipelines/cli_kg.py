@@ -95,10 +95,27 @@ def prune_cmd(
     ] = None,
     damping: Annotated[float | None, typer.Option(help="Damping (default 0.85).")] = None,
     tol: Annotated[float | None, typer.Option(help="L1 tolerance (default 1e-10).")] = None,
+    generatability: Annotated[
+        str | None,
+        typer.Option(
+            help="Also drop concepts an image cannot show; judge: rules, head, rules+head "
+            "(the shipped embedding head) or backend (needs --judge-model)."
+        ),
+    ] = None,
+    judge_threshold: Annotated[
+        float | None, typer.Option(help="Head probability to count as generatable (0.5).")
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="Text-generation model for --generatability backend.")
+    ] = None,
+    judge_url: Annotated[
+        str | None, typer.Option(help="... served at this OpenAI-compatible URL instead.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """PageRank over edges/ (sparse power iteration; cuGraph when present) and the cut:
-    adds `pagerank` and `kept` to nodes/."""
+    adds `pagerank` and `kept` to nodes/; with --generatability also `generatable`,
+    `generatability_score` and `generatability_reason`, and `kept` requires `generatable`."""
     from infra.config import from_dict
     from knowledge_graph.prune import PruneConfig, prune
 
@@ -109,11 +126,23 @@ def prune_cmd(
         "damping": damping,
         "tol": tol,
     }
+    judge = {"judge": generatability, "threshold": judge_threshold}
+    if generatability is not None:
+        given["generatability"] = {k: v for k, v in judge.items() if v is not None}
     try:
+        if generatability is None and judge_threshold is not None:
+            raise ConfigError("needs --generatability", source="CLI", key="--judge-threshold")
         cfg = from_dict(
             PruneConfig, {k: v for k, v in given.items() if v is not None}, source="CLI"
         )
-        stats = prune(kg_dir, cfg)
+        backend = _backend(judge_model, judge_url, "--judge")
+        if (backend is None) == (generatability == "backend"):
+            raise ConfigError(
+                "--judge-model goes with --generatability backend, and that needs it",
+                source="CLI",
+                key="--judge-model",
+            )
+        stats = prune(kg_dir, cfg, backend=backend, progress=not as_json)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         _fail(err)
     if as_json:
@@ -268,13 +297,13 @@ def _lines(path: Path, what: str) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _namer(model: str | None, url: str | None):
-    """A taxonomy namer through the text-generation backend, or None (nearest tag)."""
+def _backend(model: str | None, url: str | None, flag: str):
+    """The text-generation backend ``{flag}-model`` / ``{flag}-url`` name, or None."""
     if model is None:
         if url is not None:
-            raise ConfigError("--namer-url needs --namer-model", source="CLI", key="--namer-url")
+            raise ConfigError(f"needs {flag}-model", source="CLI", key=f"{flag}-url")
         return None
-    from captioner.backends import BackendConfig, ask_short_name, backend_from_config
+    from captioner.backends import BackendConfig, backend_from_config
     from infra.config import from_dict
 
     cfg = from_dict(
@@ -282,7 +311,16 @@ def _namer(model: str | None, url: str | None):
         {"kind": "http" if url else "transformers", "model": model, "url": url},
         source="CLI",
     )
-    backend = backend_from_config(cfg)
+    return backend_from_config(cfg)
+
+
+def _namer(model: str | None, url: str | None):
+    """A taxonomy namer through the text-generation backend, or None (nearest tag)."""
+    backend = _backend(model, url, "--namer")
+    if backend is None:
+        return None
+    from captioner.backends import ask_short_name
+
     return lambda members: ask_short_name(backend, [members])[0]
 
 

@@ -236,3 +236,47 @@ def test_select_writes_concepts_and_can_balance_the_selected_rows(kg, run, tmp_p
     raw = np.bincount(flat)
     assert entropy(np.bincount(flat, weights=per)) > entropy(raw)  # flatter than the raw mix
     assert not np.allclose(w, [pool[r["sample_id"]]["sampling_weight"] for r in subset])
+
+
+def test_prune_drops_concepts_an_image_cannot_show(tmp_path):
+    titles = ["Golden retriever", "Eiffel Tower", "Violin", "Sunset", "Bicycle",
+              "Democracy", "Inflation (economics)", "List of rivers", "1987",
+              "Mercury"]  # fmt: skip
+    pages = [
+        page(i + 1, t, " ".join(f"[[{u}]]" for u in titles if u != t)) for i, t in enumerate(titles)
+    ]
+    pages[-1] = page(10, "Mercury", "'''Mercury''' may refer to: [[Violin]] {{disambiguation}}")
+    kg = tmp_path / "kg"
+    build_kg([write_dump(tmp_path / "g-pages-articles.xml", pages)], kg)
+    runner = CliRunner()
+    args = ["kg", "prune", str(kg), "--keep-fraction", "1", "--min-in-links", "0"]
+    res = runner.invoke(app, [*args, "--generatability", "rules+head", "--json"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(res.stdout)
+    nodes = {r["title"]: r for r in pq.read_table(kg / "nodes").to_pylist()}
+    kept = {t for t, r in nodes.items() if r["kept"]}
+    assert kept == {"Golden retriever", "Eiffel Tower", "Violin", "Sunset", "Bicycle"}
+    assert nodes["1987"]["generatability_reason"] == "rule:year"
+    assert nodes["List of rivers"]["generatability_reason"] == "rule:list"
+    assert nodes["Mercury"]["generatability_reason"] == "rule:disambiguation"
+    assert nodes["Inflation (economics)"]["generatability_reason"] == "rule:qualifier"
+    assert nodes["Democracy"]["generatability_reason"] == "head"
+    assert (
+        nodes["Democracy"]["generatability_score"] < 0.5 < nodes["Violin"]["generatability_score"]
+    )
+    assert stats["kept_by_pagerank"] == 10 and stats["kept"] == 5
+    assert stats["removed_not_generatable"] == 5 and stats["judged"] == 10
+    cache = list((kg / "_cache").glob("text_vectors-*.parquet"))
+    assert len(cache) == 1 and pq.read_metadata(cache[0]).num_rows == 6  # rules decided 4
+    before = cache[0].stat().st_mtime_ns
+    res = runner.invoke(app, [*args, "--generatability", "rules+head", "--json"])
+    assert res.exit_code == 0 and cache[0].stat().st_mtime_ns == before  # all from the cache
+    res = runner.invoke(app, [*args, "--json"])  # without the filter the columns go away
+    assert "generatable" not in pq.read_schema(kg / "nodes" / "00000.parquet").names
+    for bad, message in (
+        (["--generatability", "backend"], "--judge-model"),
+        (["--generatability", "oracle"], "generatability.judge"),
+        (["--judge-threshold", "0.7"], "needs --generatability"),
+    ):
+        res = runner.invoke(app, [*args, *bad])
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
