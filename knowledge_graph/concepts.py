@@ -38,12 +38,13 @@ is a root.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from infra.config import from_dict, require, to_dict
+from infra.config import Location, from_dict, require, to_dict
 from knowledge_graph.encoders import CachedEncoder, EncoderConfig, TextEncoder, load_encoder
 from knowledge_graph.tags import extract_tags, normalise_tag
 from knowledge_graph.taxonomy import (
@@ -343,6 +344,11 @@ def build_concepts(
             f"kg taxonomy: no tags (min_tag_count {cfg.min_tag_count}) in {source or 'input'}"
         )
     tags = counts.column("tag").to_pylist()
+    fingerprint = _fingerprint(counts)
+    old = read_settings(kg_dir)
+    if old and old.get("config") == to_dict(cfg) and old.get("tags_sha256") == fingerprint:
+        stats = json.loads((concepts_dir(kg_dir) / "stats.json").read_text())
+        return stats | {"skipped_step": True}
     encoder = load_encoder(cfg.encoder)
     vectors = encoder.encode(tags, progress=progress)
     tax = build_taxonomy(
@@ -378,13 +384,14 @@ def build_concepts(
         "encoder_name": encoder.name,
         "config": to_dict(cfg),
         "built_from": source,
+        "tags_sha256": fingerprint,
     }
     level = table.column("level").to_numpy()
     stats = {
         "stage": "kg_taxonomy",
         "tags": int(pc.sum(counts.column("count")).as_py()),
         "distinct_tags": counts.num_rows,
-        "levels": {int(t): int((level == t).sum()) for t in np.unique(level)},
+        "levels": {str(t): int((level == t).sum()) for t in np.unique(level)},
         "attached": {k: match.count(k) for k in ("title", "alias", "embedding")},
         "unattached": int((node < 0).sum()),
         "title_vectors": None if title_vectors is None else len(title_vectors),
@@ -404,6 +411,40 @@ def build_concepts(
 
     _write_folder(kg_dir, write)
     return stats
+
+
+def _fingerprint(counts: pa.Table) -> str:
+    h = hashlib.sha256()
+    for tag, n in zip(
+        counts.column("tag").to_pylist(), counts.column("count").to_pylist(), strict=True
+    ):
+        h.update(f"{tag}\t{n}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaxonomyStep(ConceptsConfig):
+    """The ``taxonomy`` pipeline step: ``kg taxonomy KG_DIR --run`` on the run's tags."""
+
+    kg: Location | None = None
+    """Knowledge-graph directory whose ``concepts/`` the step (re)writes."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.kg is not None, "kg", self.kg, "is required (a knowledge-graph directory)")
+
+
+def taxonomy_step(run, cfg: TaxonomyStep, *, progress: bool = False) -> dict[str, Any]:
+    """Build ``KG_DIR/concepts/`` from a run's tags; skipped when neither the settings nor
+    the tag counts changed since the last build."""
+    from knowledge_graph.sampling import run_tags
+
+    concepts = ConceptsConfig(**{f.name: getattr(cfg, f.name) for f in fields(ConceptsConfig)})
+    tags = run_tags(run, max_words=cfg.max_words)
+    stats = build_concepts(cfg.kg, tags, concepts, source=run.display, progress=progress)
+    out = {"stage": "taxonomy", "in": len(tags), "ok": len(tags), "rejected": 0, **stats}
+    run.write_json(run.path("stats", "taxonomy.json"), out)
+    return out
 
 
 def _concept_table(nodes: pa.Table, n: int, node, match, sim, source: str) -> pa.Table:

@@ -17,9 +17,12 @@ from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
 from curation.stages.score import ScoreStage
 from infra.config import Location, load_toml, require
+from knowledge_graph.concepts import TaxonomyStep
 from knowledge_graph.sampling import WeightsConfig
 
-Step = Literal["ingest", "profile", "embed", "score", "dedup", "prune", "weights", "select"]
+Step = Literal[
+    "ingest", "profile", "embed", "score", "dedup", "prune", "taxonomy", "weights", "select"
+]
 STEPS: tuple[Step, ...] = ("ingest", "profile", "select")
 
 
@@ -105,6 +108,9 @@ class PipelineConfig:
     """Semantic dedup settings (method, k, thresholds, keeper order)."""
     prune: PruneConfig | None = None
     """Failure cases for the prune step (required when it is listed)."""
+    taxonomy: TaxonomyStep | None = None
+    """Tag taxonomy of the run's tags written into a knowledge graph's concepts/ (required
+    when listed; ``kg`` names the graph)."""
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     """Sampling weights (tags, optional knowledge graph, BM25 parameters)."""
     select: SelectConfig | None = None
@@ -112,7 +118,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         require(len(set(self.steps)) == len(self.steps), "steps", self.steps, "must be unique")
-        for step in ("ingest", "prune", "select"):
+        for step in ("ingest", "prune", "taxonomy", "select"):
             if step in self.steps:
                 require(getattr(self, step) is not None, step, None, f"needs a [{step}] table")
 

@@ -193,6 +193,11 @@ def run_pipeline(
         elif step == "dedup":
             ex = _executor(cfg)
             results[step] = dedup(run, cfg.dedup, task_map=ex.map_tasks, progress=ex.progress)
+        elif step == "taxonomy":
+            from knowledge_graph.concepts import taxonomy_step
+
+            assert cfg.taxonomy is not None
+            results[step] = taxonomy_step(run, cfg.taxonomy, progress=cfg.executor.progress)
         elif step == "weights":
             from knowledge_graph.sampling import weights_step
 

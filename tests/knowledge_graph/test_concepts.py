@@ -51,7 +51,7 @@ def kg(tmp_path_factory, run):
     build_kg([write_dump(tmp / "t-pages-articles.xml", pages)], tmp / "kg")
     cfg = ConceptsConfig(taxonomy=TaxonomyConfig(levels=LEVELS))
     stats = build_concepts(tmp / "kg", run_tags(run), cfg, source="coco25")
-    assert stats["distinct_tags"] == 66 and stats["levels"] == {0: 66, 1: 8, 2: 3}
+    assert stats["distinct_tags"] == 66 and stats["levels"] == {"0": 66, "1": 8, "2": 3}
     return tmp / "kg"
 
 
@@ -280,3 +280,32 @@ def test_prune_drops_concepts_an_image_cannot_show(tmp_path):
     ):
         res = runner.invoke(app, [*args, *bad])
         assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
+
+
+def test_taxonomy_and_weights_steps_inside_zfoundry_run(kg, tmp_path):
+    import shutil
+
+    from infra.config import ConfigError, from_dict
+    from infra.storage import RunDir
+    from pipelines.config import PipelineConfig
+    from pipelines.steps import run_pipeline
+
+    graph = tmp_path / "kg"
+    shutil.copytree(kg, graph, ignore=shutil.ignore_patterns("concepts"))
+    data = {
+        "steps": ["ingest", "taxonomy", "weights"],
+        "executor": {"kind": "local", "progress": False},
+        "ingest": {"sources": [{"path": str(EXAMPLES / "data" / "coco25")}]},
+        "taxonomy": {"kg": str(graph), "taxonomy": {"levels": [6, 2]}},
+        "weights": {"kg": str(graph)},
+    }
+    run = RunDir(tmp_path / "run")
+    results = run_pipeline(from_dict(PipelineConfig, data), run)
+    assert results["taxonomy"]["distinct_tags"] == 66 and results["taxonomy"]["levels"]["2"] == 2
+    assert results["weights"]["hierarchy"] and results["weights"]["tags_unmapped"] == 0
+    again = run_pipeline(from_dict(PipelineConfig, data), run)  # same tags, same settings
+    assert again["taxonomy"].get("skipped_step")
+    with pytest.raises(ConfigError, match="taxonomy"):
+        from_dict(PipelineConfig, {**data, "taxonomy": None})
+    with pytest.raises(ConfigError, match="kg"):
+        from_dict(PipelineConfig, {**data, "taxonomy": {"levels": [6, 2]}})
