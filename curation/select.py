@@ -199,7 +199,14 @@ def _balance_by_concepts(run: RunDir, con, frm: str, where: str) -> tuple[str, s
     ).to_arrow_table()
     settings = run.read_json(run.path("weights", "_settings.json"))
     cfg = WeightConfig(**settings.get("bm25", {}))
-    w = balanced_weights(rows.column("concepts"), settings.get("kg"), cfg)
+    w = balanced_weights(
+        rows.column("concepts"),
+        settings.get("kg"),
+        cfg,
+        hierarchy=settings.get("hierarchy", True),
+        boost=settings.get("boost", True),
+        prior=settings.get("prior", "uniform"),
+    )
     con.register("balanced", pa.table({"sample_id": rows.column("sample_id"), "w": w}))
     return f"{frm} LEFT JOIN balanced USING (sample_id)", "coalesce(balanced.w, 1.0)"
 

@@ -30,6 +30,7 @@ from knowledge_graph.tags import tags_for_table
 from knowledge_graph.weights import Corpus, WeightConfig, encode_tags, entropy, sampling_weights
 from knowledge_graph.weights import _subtree_sum as subtree_sum  # TODO public after helper
 
+PRIORS = ("uniform", "pagerank")
 WEIGHTS = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
@@ -60,9 +61,14 @@ class WeightsConfig:
     """Use the taxonomy's parents (hierarchy sharing); off: every concept is a root."""
     boost: bool = True
     """Scale the prior by ``kg boost``'s factors when ``concepts/boost.parquet`` exists."""
+    prior: str = "uniform"
+    """Target prior over leaf concepts: ``uniform``, or ``pagerank`` (a Wikipedia node's
+    share grows with sqrt(PageRank · N), so central concepts get more samples; taxonomy
+    concepts count as an average node). Needs a pruned graph for ``pagerank``."""
 
     def __post_init__(self) -> None:
         require(self.max_words >= 1, "max_words", self.max_words, "must be >= 1")
+        require(self.prior in PRIORS, "prior", self.prior, f"must be one of {list(PRIORS)}")
         t = self.match_threshold
         require(t is None or -1.0 <= t <= 1.0, "match_threshold", t, "must be in [-1, 1]")
 
@@ -86,6 +92,21 @@ def _with_ancestors(ids: np.ndarray, parent: np.ndarray) -> np.ndarray:
         frontier = np.setdiff1d(up[up >= 0], np.concatenate(out))
         out.append(frontier)
     return np.unique(np.concatenate(out))
+
+
+def prior_factor(index: ConceptIndex, *, prior: str, boost: bool) -> np.ndarray | None:
+    """Per concept id: the leaf prior's factor (``prior`` x ``kg boost``), None = uniform."""
+    factor = None
+    if prior == "pagerank":
+        nodes = index.kg_dir / "nodes" / "00000.parquet"
+        if "pagerank" not in pq.read_schema(nodes).names:
+            raise ValueError(f"prior = 'pagerank': {index.kg_dir} is not pruned; run kg prune")
+        pr = pq.read_table(nodes, columns=["pagerank"]).column("pagerank").to_numpy()
+        factor = np.ones(index.n_ids)
+        factor[: len(pr)] = np.sqrt(pr * len(pr))
+    if boost:
+        factor = index.boost() * (1.0 if factor is None else factor)
+    return factor
 
 
 def concept_space(
@@ -142,7 +163,7 @@ def weights_step(run: RunDir, cfg: WeightsConfig) -> dict[str, Any]:
         space = concept_space(
             global_of_term,
             index.parent if cfg.hierarchy and index.concepts is not None else None,
-            index.boost() if has_boost else None,
+            prior_factor(index, prior=cfg.prior, boost=has_boost),
         )
         concept_of_term, parent, prior = space["of"], space["parent"], space["prior"]
         extra = {
@@ -151,6 +172,7 @@ def weights_step(run: RunDir, cfg: WeightsConfig) -> dict[str, Any]:
             "concepts_used": len(space["dense"]),
             "hierarchy": parent is not None,
             "boosted": has_boost,
+            "prior": cfg.prior,
         }
     else:
         concept_of_term = np.arange(len(vocab))
@@ -327,6 +349,7 @@ def balanced_weights(
     *,
     hierarchy: bool = True,
     boost: bool = True,
+    prior: str = "uniform",
 ) -> np.ndarray:
     """Sampling weights of a subset of samples from their ``concepts`` lists alone (the
     ``weights/`` formula with concepts as the terms): what a recipe's ``balance =
@@ -344,8 +367,8 @@ def balanced_weights(
         index = ConceptIndex(kg, embeddings=False)
         if hierarchy and index.concepts is not None:
             parent = index.parent
-        if boost and (concepts_dir(kg) / "boost.parquet").exists():
-            factor = index.boost()
+        has_boost = boost and (concepts_dir(kg) / "boost.parquet").exists()
+        factor = prior_factor(index, prior=prior, boost=has_boost)
         if len(flat) and flat.max() >= len(index.parent):
             raise ValueError(
                 f"concepts: id {int(flat.max())} is not in {kg} ({len(index.parent)} ids); "

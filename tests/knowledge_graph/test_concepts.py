@@ -309,3 +309,33 @@ def test_taxonomy_and_weights_steps_inside_zfoundry_run(kg, tmp_path):
         from_dict(PipelineConfig, {**data, "taxonomy": None})
     with pytest.raises(ConfigError, match="kg"):
         from_dict(PipelineConfig, {**data, "taxonomy": {"levels": [6, 2]}})
+
+
+def test_pagerank_prior_gives_central_concepts_more_weight(kg, run, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    from knowledge_graph.prune import PruneConfig, prune
+
+    with pytest.raises(ValueError, match="not pruned"):
+        weights_step(run, WeightsConfig(kg=str(kg), prior="pagerank"))
+    graph = tmp_path / "kg"
+    shutil.copytree(kg, graph)
+    prune(graph, PruneConfig(keep_fraction=1.0, min_in_links=0))
+    path = graph / "nodes" / "00000.parquet"
+    nodes = pq.read_table(path)
+    pr = np.full(nodes.num_rows, 0.5 / (nodes.num_rows - 1))
+    pr[TITLES.index("Man")] = 0.5  # make "Man" the hub
+    i = nodes.schema.get_field_index("pagerank")
+    pq.write_table(nodes.set_column(i, "pagerank", pa.array(pr)), path)
+    weights_step(run, WeightsConfig(kg=str(graph)))
+    uniform = {r["sample_id"]: r for r in read_table(run, "weights").to_pylist()}
+    stats = weights_step(run, WeightsConfig(kg=str(graph), prior="pagerank"))
+    central = {r["sample_id"]: r for r in read_table(run, "weights").to_pylist()}
+    assert stats["prior"] == "pagerank"
+    man = TITLES.index("Man")
+    with_man = [k for k, r in central.items() if man in r["concepts"]]
+    assert len(with_man) == 5  # five captions mention a man
+    for k in with_man:
+        assert central[k]["sampling_weight"] > uniform[k]["sampling_weight"]
