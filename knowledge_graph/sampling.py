@@ -27,8 +27,14 @@ from infra.config import Location, require, to_dict
 from infra.storage import RunDir
 from knowledge_graph.concepts import MATCH_KINDS, ConceptIndex, concepts_dir
 from knowledge_graph.tags import tags_for_table
-from knowledge_graph.weights import Corpus, WeightConfig, encode_tags, entropy, sampling_weights
-from knowledge_graph.weights import _subtree_sum as subtree_sum  # TODO public after helper
+from knowledge_graph.weights import (
+    Corpus,
+    WeightConfig,
+    encode_tags,
+    entropy,
+    sampling_weights,
+    subtree_sum,
+)
 
 PRIORS = ("uniform", "pagerank")
 WEIGHTS = pa.schema(

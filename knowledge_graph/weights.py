@@ -18,27 +18,42 @@ concepts may have parents. The formula (docs/sampling.md has a worked example):
    and the sample weight ``w(d) = sum_t a(t, d) g(c(t))``, rescaled to mean 1 over the
    samples that have terms; samples without any mapped term get 1 (neutral).
 
-Everything per token is numpy / numba over CSR arrays (``indptr`` per document, ``tokens``
-int32 term ids); tokenisation of raw captions (``tokenize``) runs in Arrow's C++ kernels over
-chunks on a thread pool. No Python object per document.
+Everything per token is numba over CSR arrays (``indptr`` per document, ``tokens`` int32 term
+ids); tokenisation of raw captions (``knowledge_graph.tokenize``, re-exported here) is a numba
+pass over the Arrow string bytes per chunk on a thread pool. No Python object per document,
+nor per token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from infra.config import require
+from knowledge_graph.tokenize import (  # re-exported: the inputs of the weights
+    CHUNK_ROWS,
+    PUNCTUATION,
+    Corpus,
+    clean_word,
+    encode_tags,
+    tokenize,
+)
 
-PUNCTUATION = ".,;:!?\"'()[]{}<>*`~-_/\\|"
-"""Stripped from both ends of each word (inner ones stay: "don't", "t-shirt")."""
-CHUNK_ROWS = 250_000
+__all__ = [
+    "CHUNK_ROWS",
+    "PUNCTUATION",
+    "Corpus",
+    "WeightConfig",
+    "bm25_terms",
+    "clean_word",
+    "encode_tags",
+    "entropy",
+    "sampling_weights",
+    "subtree_sum",
+    "tokenize",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,171 +74,108 @@ class WeightConfig:
         require(self.alpha >= 0, "alpha", self.alpha, "must be >= 0")
 
 
-@dataclass(frozen=True)
-class Corpus:
-    """Documents as CSR: terms of document i are ``tokens[indptr[i]:indptr[i + 1]]``."""
-
-    indptr: np.ndarray
-    tokens: np.ndarray
-    vocab: pa.Array
-
-    @property
-    def n_docs(self) -> int:
-        return len(self.indptr) - 1
-
-
-# ---------------------------------------------------------------- tokenising
-
-
-def _tokenize_chunk(texts: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
-    texts = pc.fill_null(texts, "")
-    for ws in ("\n", "\t", "\r"):  # plain substring passes: cheaper than a regex split
-        texts = pc.replace_substring(texts, ws, " ")
-    # split on single spaces (2x faster than utf8_split_whitespace); the empty words that
-    # runs of spaces leave clean to nothing and are dropped with the other empty words
-    return _encode_lists(pc.split_pattern(texts, " "))
-
-
-def clean_word(word: str) -> str:
-    """Lower-cased, punctuation stripped from both ends (per distinct word, not per token)."""
-    return word.lower().strip(PUNCTUATION)
-
-
-def _encode_lists(lists: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
-    """(per-row counts, dictionary indices, dictionary) of a list<string> array."""
-    lists = pc.fill_null(lists, pa.scalar([], lists.type)) if lists.null_count else lists
-    flat = pc.list_flatten(lists)
-    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    enc = pc.dictionary_encode(flat)
-    return lengths, enc.indices, enc.dictionary
-
-
-def tokenize(texts: pa.Array | pa.ChunkedArray | Sequence[str], *, threads: int = 2) -> Corpus:
-    """Caption words -> ``Corpus``: Arrow whitespace split + dictionary encoding per chunk of
-    ``CHUNK_ROWS`` on ``threads`` threads; each distinct word is then lower-cased and stripped
-    of end punctuation once (``clean_word``) while the chunk vocabularies are merged, so no
-    per-token string work happens in Python. Words that clean to nothing are dropped."""
-    return _corpus(texts, _tokenize_chunk, threads, clean_word)
-
-
-def encode_tags(tags: pa.Array | pa.ChunkedArray, *, threads: int = 2) -> Corpus:
-    """A list<string> column of tags (one list per sample) -> ``Corpus`` over distinct tags
-    (tags are used as given; empty ones dropped)."""
-    return _corpus(tags, _encode_lists, threads, lambda tag: tag)
-
-
-def _corpus(data, chunk_fn, threads: int, clean) -> Corpus:
-    if not isinstance(data, pa.Array | pa.ChunkedArray):
-        data = pa.array(data)
-    arr = data.combine_chunks() if isinstance(data, pa.ChunkedArray) else data
-    chunks = [arr.slice(s, CHUNK_ROWS) for s in range(0, max(len(arr), 1), CHUNK_ROWS)]
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        parts = list(pool.map(chunk_fn, chunks))
-    vocab: dict[str, int] = {}
-    tokens, lengths = [], []
-    for counts, indices, dictionary in parts:
-        words = dictionary.to_pylist()  # one Python string per distinct word of a chunk
-        remap = np.fromiter(
-            (vocab.setdefault(w, len(vocab)) if (w := clean(raw)) else -1 for raw in words),
-            np.int32,
-            len(words),
-        )
-        tok = remap[indices.to_numpy(zero_copy_only=False)] if len(remap) else remap
-        keep = tok >= 0
-        if not keep.all():  # words that cleaned to nothing ("-", "...")
-            doc = np.repeat(np.arange(len(counts)), counts)
-            counts = np.bincount(doc[keep], minlength=len(counts)).astype(np.int64)
-            tok = tok[keep]
-        tokens.append(tok)
-        lengths.append(counts)
-    indptr = np.zeros(len(arr) + 1, np.int64)
-    np.cumsum(np.concatenate(lengths) if lengths else [], out=indptr[1:])
-    return Corpus(
-        indptr, np.concatenate(tokens).astype(np.int32), pa.array(list(vocab), pa.string())
-    )
-
-
 # ---------------------------------------------------------------- BM25
 
 
 @numba.njit(parallel=True, cache=True)
-def _first_and_tf(indptr: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per token position: is it the term's first occurrence in its document, and the term's
-    frequency in the document (documents are short: a quadratic scan per document)."""
+def _tf_df(indptr, tokens, n_terms, parts):
+    """Per token position: the term's frequency in its document at the term's first
+    occurrence there, 0 at repeats; and the document frequency of each term, one row per
+    part of the documents (each part remembers each term's last first occurrence)."""
     n = len(indptr) - 1
-    first = np.zeros(len(tokens), np.bool_)
-    tf = np.zeros(len(tokens), np.int32)
-    for d in numba.prange(n):
-        a, b = indptr[d], indptr[d + 1]
-        for i in range(a, b):
-            seen = False
-            for j in range(a, i):
-                if tokens[j] == tokens[i]:
-                    seen = True
-                    break
-            if not seen:
-                first[i] = True
-                c = 0
-                for j in range(i, b):
-                    if tokens[j] == tokens[i]:
-                        c += 1
-                tf[i] = c
-    return first, tf
+    tf = np.empty(len(tokens), np.int32)
+    df = np.zeros((parts, n_terms), np.int64)
+    last = np.full((parts, n_terms), -1, np.int64)
+    step = (n + parts - 1) // parts
+    for p in numba.prange(parts):
+        for d in range(p * step, min(n, (p + 1) * step)):
+            lo = indptr[d]
+            for i in range(lo, indptr[d + 1]):
+                t = tokens[i]
+                if last[p, t] < lo:  # first occurrence in this document
+                    last[p, t], tf[i] = i, 1
+                    df[p, t] += 1
+                else:
+                    tf[last[p, t]] += 1
+                    tf[i] = 0
+    return tf, df
+
+
+@numba.njit(cache=True, inline="always")
+def _score(t, tf, idf, norm):
+    return idf[t] * tf / (tf + norm)
 
 
 @numba.njit(parallel=True, cache=True)
-def _bm25(indptr, tokens, first, tf, idf, mapped, k1, b, avgdl, normalise):
-    """Per token: BM25 s(t, d) at a mapped term's first occurrence (else 0), divided by the
-    document's total when ``normalise`` (the share a(t, d)); and per document the total."""
-    n = len(indptr) - 1
+def _bm25(indptr, tokens, tf, idf, k1, b, avgdl):
+    """Per token: BM25 s(t, d) at a term's first occurrence in the document, else 0."""
     out = np.zeros(len(tokens))
-    total = np.zeros(n)
-    for d in numba.prange(n):
+    for d in numba.prange(len(indptr) - 1):
+        lo, hi = indptr[d], indptr[d + 1]
+        norm = k1 * (1.0 - b + b * (hi - lo) / avgdl)
+        for i in range(lo, hi):
+            if tf[i]:
+                out[i] = _score(tokens[i], tf[i], idf, norm)
+    return out
+
+
+@numba.njit(cache=True)
+def _mass(indptr, tokens, tf, idf, bin_of_term, n_bins, k1, b, avgdl):
+    """Per document the sum of its mapped terms' BM25 scores (bin >= 0), and per bin the sum
+    of the shares a(t, d) (score / document total). Sequential, in token order: the float sums
+    are those of ``np.bincount(..., weights=shares)``."""
+    n = len(indptr) - 1
+    mass, total = np.zeros(n_bins), np.zeros(n)
+    for d in range(n):
         lo, hi = indptr[d], indptr[d + 1]
         norm = k1 * (1.0 - b + b * (hi - lo) / avgdl)
         acc = 0.0
         for i in range(lo, hi):
-            t = tokens[i]
-            if first[i] and mapped[t]:
-                v = idf[t] * tf[i] / (tf[i] + norm)
-                out[i] = v
-                acc += v
+            if tf[i] and bin_of_term[tokens[i]] >= 0:
+                acc += _score(tokens[i], tf[i], idf, norm)
         total[d] = acc
-        if normalise and acc > 0:
+        if acc > 0:
             for i in range(lo, hi):
-                out[i] /= acc
-    return out, total
+                t = tokens[i]
+                if tf[i] and bin_of_term[t] >= 0:
+                    mass[bin_of_term[t]] += _score(t, tf[i], idf, norm) / acc
+    return mass, total
 
 
 @numba.njit(parallel=True, cache=True)
-def _doc_sums(indptr, tokens, values, per_term):
-    """sum_i values[i] * per_term[tokens[i]] per document."""
+def _doc_weights(indptr, tokens, tf, idf, total, rate_of_term, k1, b, avgdl):
+    """sum_t a(t, d) rate(t) per document (a(t, d) as in ``_mass``)."""
     n = len(indptr) - 1
     out = np.zeros(n)
     for d in numba.prange(n):
+        lo, hi = indptr[d], indptr[d + 1]
+        norm = k1 * (1.0 - b + b * (hi - lo) / avgdl)
         acc = 0.0
-        for i in range(indptr[d], indptr[d + 1]):
-            acc += values[i] * per_term[tokens[i]]
+        if total[d] > 0:
+            for i in range(lo, hi):
+                t = tokens[i]
+                if tf[i] and rate_of_term[t] != 0:
+                    acc += _score(t, tf[i], idf, norm) / total[d] * rate_of_term[t]
         out[d] = acc
     return out
 
 
 def _stats(corpus: Corpus):
-    first, tf = _first_and_tf(corpus.indptr, corpus.tokens)
-    df = np.bincount(corpus.tokens[first], minlength=len(corpus.vocab))
+    n_terms = len(corpus.vocab)  # parts: one per thread, with <= 32M per-term slots in all
+    parts = max(1, min(numba.get_num_threads(), (1 << 25) // max(n_terms, 1)))
+    tf, df = _tf_df(corpus.indptr, corpus.tokens, n_terms, parts)
+    df = df.sum(axis=0)
     n_docs = corpus.n_docs
     idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
     avgdl = len(corpus.tokens) / n_docs if n_docs and len(corpus.tokens) else 1.0
-    return first, tf, df, idf, avgdl
+    return tf, df, idf, avgdl
 
 
 def bm25_terms(corpus: Corpus, *, k1: float = 1.5, b: float = 0.75):
     """Per token position: BM25 ``s(t, d)`` at each term's first occurrence in its document
     (0 at repeats), plus ``idf`` and ``df`` per term (module docstring)."""
-    first, tf, df, idf, avgdl = _stats(corpus)
-    mapped = np.ones(len(corpus.vocab), np.bool_)
-    score, _ = _bm25(corpus.indptr, corpus.tokens, first, tf, idf, mapped, k1, b, avgdl, False)
-    return score, idf, df
+    tf, df, idf, avgdl = _stats(corpus)
+    return _bm25(corpus.indptr, corpus.tokens, tf, idf, k1, b, avgdl), idf, df
 
 
 def sampling_weights(
@@ -252,39 +204,36 @@ def sampling_weights(
             raise ValueError(
                 f"parent: needs one entry per concept ({n_concepts}), got {len(parent)}"
             )
-    first, tf, df, idf, avgdl = _stats(corpus)
+    tf, df, idf, avgdl = _stats(corpus)
     mapped = concept >= 0
-    share, doc_total = _bm25(
-        corpus.indptr, corpus.tokens, first, tf, idf, mapped, cfg.k1, cfg.b, avgdl, True
-    )
-    bins = np.where(mapped, concept, n_concepts)  # unmapped terms: an extra, dropped bin
-    mass = np.bincount(bins[corpus.tokens], weights=share, minlength=n_concepts + 1)
-    mass = mass[:n_concepts]
+    bins = np.where(mapped, concept, -1).astype(np.int64)
+    args = (cfg.k1, cfg.b, avgdl)
+    mass, doc_total = _mass(corpus.indptr, corpus.tokens, tf, idf, bins, n_concepts, *args)
     if prior is None:
         leaf = np.ones(n_concepts, bool)
         if parent is not None:
             leaf[parent[parent >= 0]] = False
         prior = np.where(leaf & (mass > 0), 1.0, 0.0)
         if parent is not None:  # internal nodes carry their subtree's prior
-            prior = _subtree_sum(prior, parent)
+            prior = subtree_sum(prior, parent)
     prior = np.asarray(prior, np.float64)
     smoothed = mass.copy()
     if parent is not None and cfg.alpha > 0:
-        subtree_mass = _subtree_sum(mass, parent)
+        subtree_mass = subtree_sum(mass, parent)
         has = parent >= 0
         up = parent[has]
         ratio = np.divide(prior[has], prior[up], out=np.zeros(has.sum()), where=prior[up] > 0)
         smoothed[has] += cfg.alpha * subtree_mass[up] * ratio
     rate = np.divide(prior, smoothed, out=np.zeros(n_concepts), where=smoothed > 0)
     rate_of_term = np.where(mapped, rate[np.maximum(concept, 0)], 0.0)
-    weight = _doc_sums(corpus.indptr, corpus.tokens, share, rate_of_term)
+    weight = _doc_weights(corpus.indptr, corpus.tokens, tf, idf, doc_total, rate_of_term, *args)
     has_terms = doc_total > 0
     mean = weight[has_terms].mean() if has_terms.any() else 1.0
     weight = np.where(has_terms, weight / mean if mean > 0 else 1.0, 1.0)
     return {"weight": weight, "mass": mass, "rate": rate / mean, "idf": idf, "df": df}
 
 
-def _subtree_sum(values: np.ndarray, parent: np.ndarray) -> np.ndarray:
+def subtree_sum(values: np.ndarray, parent: np.ndarray) -> np.ndarray:
     """Each node's value plus all of its descendants' (parent pointers, any depth)."""
     out = values.astype(np.float64).copy()
     depth = np.zeros(len(parent), np.int64)

@@ -6,9 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from knowledge_graph import tokenize as tokenize_module
 from knowledge_graph.weights import (
     WeightConfig,
     bm25_terms,
+    clean_word,
     encode_tags,
     entropy,
     sampling_weights,
@@ -119,3 +121,122 @@ def test_unmapped_terms_do_not_count_and_config_errors():
 def test_entropy():
     assert entropy(np.array([1, 1, 1, 1])) == pytest.approx(np.log(4))
     assert entropy(np.array([5, 0])) == 0.0
+
+
+TRICKY = [
+    "ÉCOLE école École, (ÉCOLE)",
+    "İstanbul STRASSE Straße ß ẞ",
+    "tabs\tand\nnewlines\r\nand\x0bvertical\x0cfeeds \x1cfile\x1dgroup\x1erecord\x1funit",
+    "nbsp\xa0inside a\u3000ideographic\u2003em\x85nel space",
+    "... -- ' \" () [] {} <> * ` ~ - _ / \\ | !?",
+    "((Hello)), WORLD!!! don't t-shirt -dash- 'quoted' \"QUOTED\"",
+    "SUPERCALIFRAGILISTIC supercalifragilistic SuperCaliFragilistic, supercalifragilistic!",
+    "   leading and trailing   ",
+    "",
+    None,
+    "emoji 😀 😀! x😀x 日本語、テキスト。",
+    "a b c A B C",
+    "\x00null\x01control\x7f bytes",
+]
+
+
+def _reference(texts):
+    """The tokenizer's definition: str.split, clean_word per token, empty words dropped."""
+    return [[w for w in map(clean_word, (t or "").split()) if w] for t in texts]
+
+
+def _docs(corpus):
+    vocab = corpus.vocab.to_pylist()
+    return [
+        [vocab[t] for t in corpus.tokens[corpus.indptr[i] : corpus.indptr[i + 1]]]
+        for i in range(corpus.n_docs)
+    ]
+
+
+def _check_tokenize(texts, **kw):
+    corpus = tokenize(texts, **kw)
+    want = _reference(texts)
+    assert _docs(corpus) == want
+    # vocabulary: each cleaned word once, in order of first occurrence
+    assert corpus.vocab.to_pylist() == list(dict.fromkeys(w for doc in want for w in doc))
+    assert corpus.tokens.dtype == np.int32 and corpus.indptr.dtype == np.int64
+
+
+def test_tokenize_equals_python_reference_on_tricky_text():
+    _check_tokenize(TRICKY)
+    _check_tokenize(TRICKY[::-1])
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 5])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_tokenize_chunk_boundaries(monkeypatch, chunk_rows, threads):
+    monkeypatch.setattr(tokenize_module, "CHUNK_ROWS", chunk_rows)
+    _check_tokenize(TRICKY + CAPTIONS + TRICKY, threads=threads)
+
+
+def test_tokenize_fuzz_against_reference(monkeypatch):
+    monkeypatch.setattr(tokenize_module, "CHUNK_ROWS", 97)
+    rng = np.random.default_rng(0)
+    pieces = [*"aAzZ09.,;:-'\"()_/|  \t\n\r\x0b\x1c\x85\xa0éÉİß😀", "\u3000", "ÉCOLE"]
+    texts = [
+        "".join(rng.choice(pieces, rng.integers(0, 30))) if rng.random() > 0.05 else None
+        for _ in range(3000)
+    ]
+    _check_tokenize(texts)
+
+
+def test_tokenize_many_distinct_and_long_words():
+    # tens of thousands of keys (the hash tables grow several times), words of 1 to 40 bytes
+    # (packed and hashed keys), upper case duplicates, one caption of 20,000 words
+    rng = np.random.default_rng(1)
+    words = np.array([f"W{i}{'x' * (i % 37)}" for i in range(30_000)])
+    texts = [" ".join(rng.choice(words, 12)) for _ in range(4000)]
+    texts.append(" ".join(w.lower() + "," for w in words[:20_000]))
+    _check_tokenize(texts)
+
+
+def test_tokenize_input_types():
+    texts = pa.array(TRICKY * 3)
+    want = _docs(tokenize(texts))
+    for data in (
+        texts.cast(pa.large_string()),
+        pa.chunked_array([texts.slice(0, 5), texts.slice(5, 0), texts.slice(5)]),
+        TRICKY * 3,
+    ):
+        assert _docs(tokenize(data)) == want
+    assert _docs(tokenize(texts.slice(4, 9))) == want[4:13]
+    empty = tokenize([None, None])
+    assert empty.indptr.tolist() == [0, 0, 0] and len(empty.tokens) == len(empty.vocab) == 0
+    assert tokenize([]).n_docs == 0
+
+
+def test_encode_tags_as_given(monkeypatch):
+    monkeypatch.setattr(tokenize_module, "CHUNK_ROWS", 2)
+    tags = [["Dog", "dog", ""], None, [], ["a b", "Zürich", "dog"], ["Dog", None], ["(x)"]]
+    arr = pa.array(tags, pa.list_(pa.string()))
+    for data in (arr, pa.chunked_array([arr.slice(0, 3), arr.slice(3)])):
+        assert _docs(encode_tags(data)) == [
+            ["Dog", "dog"],
+            [],
+            [],
+            ["a b", "Zürich", "dog"],
+            ["Dog"],
+            ["(x)"],
+        ]
+    assert _docs(encode_tags(arr.slice(3, 2))) == [["a b", "Zürich", "dog"], ["Dog"]]
+
+
+def test_mass_is_the_bincount_of_bm25_shares():
+    corpus = tokenize(CAPTIONS * 5 + TRICKY)
+    score, _, _ = bm25_terms(corpus)
+    doc = np.repeat(np.arange(corpus.n_docs), np.diff(corpus.indptr))
+    total = np.bincount(doc, weights=score, minlength=corpus.n_docs)
+    share = np.divide(score, total[doc], out=np.zeros_like(score), where=total[doc] > 0)
+    res = sampling_weights(corpus)
+    # summed in token order, as np.bincount does: equal to the last bit
+    assert np.array_equal(res["mass"], np.bincount(corpus.tokens, weights=share))
+    rate = res["rate"]
+    weight = np.bincount(doc, weights=share * rate[corpus.tokens], minlength=corpus.n_docs)
+    has = total > 0
+    assert res["weight"][has] == pytest.approx(weight[has], rel=1e-12)
+    assert (res["weight"][~has] == 1.0).all()
