@@ -26,7 +26,7 @@ Why ``sdpa`` is the CPU default: fp32 forward, one (total, heads, head_dim) pack
 sequences (1056 + 544 + 352 tokens), median of 7 alternating repeats, 2-core CPU (shared, so
 +-20 %), torch 2.15::
 
-    .venv/bin/python -m model.attention
+    .venv/bin/python bench/attention.py
 
     backend                        heads 2 x 32    heads 8 x 128
     sdpa (grouped, no mask)            4.7 ms          60.4 ms
@@ -44,9 +44,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -161,30 +158,3 @@ _BACKEND_FNS: dict[str, Callable[..., Tensor]] = {
     "sdpa": _sdpa_grouped,
     "sdpa_mask": _sdpa_mask,
 }
-
-
-def _bench(repeats: int = 7) -> None:
-    """Print the CPU timing table of the module docstring (backends alternate per repeat)."""
-    lengths = [1056, 544, 352]
-    cu = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
-    backends = [b for b in BACKENDS if b != "flash"]
-    figures = {}
-    for heads, head_dim in ((2, 32), (8, 128)):
-        q, k, v = (torch.randn(sum(lengths), heads, head_dim) for _ in range(3))
-        times: dict[str, list[float]] = {b: [] for b in backends}
-        for b in backends:
-            varlen_attention(q, k, v, cu, max(lengths), b)  # warm-up (block mask, caches)
-        for _ in range(repeats):
-            for b in backends:
-                start = time.perf_counter()
-                varlen_attention(q, k, v, cu, max(lengths), b)
-                times[b].append(time.perf_counter() - start)
-        for b in backends:
-            ms = round(1e3 * statistics.median(times[b]), 1)
-            figures[f"{b}_{heads}x{head_dim}_ms"] = ms
-            print(f"heads {heads}x{head_dim:<4d} {b:10s} {ms:7.1f} ms")
-    print(json.dumps({"bench": "varlen_attention_cpu", "lengths": lengths, **figures}))
-
-
-if __name__ == "__main__":
-    _bench()
