@@ -16,6 +16,7 @@ Parameter names and shapes follow diffusers' ``ZImageTransformer2DModel`` exactl
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -40,6 +41,11 @@ class TokenContext:
     backend: str = "auto"  # attention backend, see model.attention
     cond: Tensor | None = None  # (M, adaln_dim) timestep embeddings, modulated blocks only
     cond_index: Tensor | None = None  # (N,) row of `cond` per token
+
+    @functools.cached_property
+    def freqs(self) -> Tensor:
+        """complex(cos, sin), (N, head_dim/2) complex64: computed once, shared by every block."""
+        return torch.complex(self.cos, self.sin)
 
 
 class RMSNorm(nn.Module):
@@ -111,7 +117,7 @@ class Attention(nn.Module):
         )
         if self.norm_q is not None and self.norm_k is not None:
             q, k = self.norm_q(q), self.norm_k(k)  # (N, heads, head_dim)
-        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        q, k = apply_rope(q, ctx.freqs), apply_rope(k, ctx.freqs)
         out = varlen_attention(q, k, v, ctx.cu_seqlens, ctx.max_seqlen, ctx.backend)
         return self.to_out[0](out.flatten(1).to(q.dtype))  # (N, dim)
 

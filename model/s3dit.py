@@ -230,8 +230,13 @@ class S3DiT(ModelMixin, ConfigMixin):
             h = block(h, ctx)
         return h, cos, sin
 
-    def forward_packed(self, packed: PackedBatch) -> Tensor:
+    def forward_packed(self, packed: PackedBatch, static_cache: dict | None = None) -> Tensor:
         """Packed batch -> predictions for the target tokens, (N_target, pF*p*p*C).
+
+        ``static_cache``: a dict kept by the caller across calls on the *same* pack with new
+        image tokens and ``t`` (the sampler's steps). The caption and SigLIP streams do not
+        depend on either, so their embedded and refined tokens are computed once and reused
+        (bit-identical results). Inference only: cached tensors carry no gradient history.
 
         Convention of the released models (and ``ZImagePipeline``): ``t = 1 - sigma`` (1 is
         the clean image) and the output is the flow ``x0 - noise`` (the pipeline steps with
@@ -251,7 +256,15 @@ class S3DiT(ModelMixin, ConfigMixin):
         if packed.siglip is not None:
             siglip = (self.siglip_embedder, self.siglip_pad_token, self.siglip_refiner, None)
             refiners.append((packed.siglip, *siglip))
-        parts = [self._refine(*refiner) for refiner in refiners]  # [(h, cos, sin)] per stream
+        parts = [self._refine(*refiners[0])]  # [(h, cos, sin)] per stream
+        for name, refiner in zip(("caption", "siglip"), refiners[1:], strict=False):
+            if static_cache is None:
+                parts.append(self._refine(*refiner))
+                continue
+            if name not in static_cache:
+                with torch.no_grad():
+                    static_cache[name] = self._refine(*refiner)
+            parts.append(static_cache[name])
         h, cos, sin = (torch.cat(p)[packed.unified_index] for p in zip(*parts, strict=True))
         cond_index = torch.cat([r[0].cond_index for r in refiners])[packed.unified_index]
         ctx = TokenContext(

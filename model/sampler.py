@@ -237,6 +237,7 @@ class PackedDenoiser:
         self.packed: PackedBatch = transformer.pack(
             x, t, caps, siglip_feats=sig or None, image_noise_mask=mask or None
         )
+        self.static_cache: dict = {}  # refined caption / SigLIP tokens, the same every step
 
     def _cast(self, value):
         """Tensors in nested lists (or None) -> the transformer's dtype and device."""
@@ -254,7 +255,8 @@ class PackedDenoiser:
         image = self.packed.image
         image = replace(image, feats=image.feats.index_copy(0, self.packed.target_rows, tokens))
         packed = replace(self.packed, t=t.repeat(self.copies), image=image)
-        return self.transformer.unpack(packed, self.transformer.forward_packed(packed))
+        out = self.transformer.forward_packed(packed, static_cache=self.static_cache)
+        return self.transformer.unpack(packed, out)
 
 
 def denoise(

@@ -190,6 +190,8 @@ def sample(
     from model.pipeline import ZFoundryPipeline
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        _fail(ValueError(f"--device {device}: CUDA is not available on this machine"))
     if dtype is DType.auto:
         dtype = DType.bf16 if device.startswith("cuda") else DType.fp32
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]

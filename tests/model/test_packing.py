@@ -100,3 +100,23 @@ def test_forward_packed_returns_target_tokens_in_patchify_order(pair):
     assert out.shape == (sum(len(patchify(im, 2, 1)) for im in targets), 2 * 2 * 16)
     assert packed.target_sizes == tuple(tuple(im.shape[1:]) for im in targets)
     assert [o.shape for o in ours.unpack(packed, out)] == [im.shape for im in targets]
+
+
+def test_static_cache_reuses_caption_and_siglip_streams_bit_identically(pair):
+    """The sampler's cache: a second call on the same pack with new t and image tokens gives
+    exactly what an uncached call gives, and the cache holds only the t-free streams."""
+    from dataclasses import replace
+
+    _, ours = pair
+    packed = ours.pack(**omni_batch(seed=3))
+    cache: dict = {}
+    with torch.no_grad():
+        first = ours.forward_packed(packed, static_cache=cache)
+        assert sorted(cache) == ["caption", "siglip"]
+        feats = packed.image.feats + 0.5 * torch.randn_like(packed.image.feats)
+        moved = replace(packed, t=packed.t * 0.3, image=replace(packed.image, feats=feats))
+        cached = ours.forward_packed(moved, static_cache=cache)
+        plain = ours.forward_packed(moved)
+    assert torch.equal(first, ours.forward_packed(packed))
+    assert torch.equal(cached, plain)
+    assert not torch.equal(cached, first)
