@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from infra import catalog
@@ -35,6 +37,16 @@ MANIFEST_FORMAT = "zfoundry.manifest/1"
 # Per-sample tables joined to samples when present (LEFT JOIN, so predicates may use them).
 OPTIONAL_TABLES = ("scores", "dedup", "weights", "captions")
 BALANCE = ("weights", "concepts", "none")
+# Editing pairs whose target passes the recipe (``selected``) and whose source image is
+# decodable become i2i rows: the target's image, size, weight and concepts, the source's bytes.
+I2I_QUERY = (
+    "SELECT p.pair_id AS sample_id, sel.image, sel.uri, sel.caption_alt, sel.width, sel.height, "
+    "sel.sampling_weight, 'i2i' AS task, sel.concepts, sel.profiled_sha256, "
+    "src.image AS source_image, src.uri AS source_uri, sp.content_sha256 AS source_sha256, "
+    "p.instruction FROM edit_pairs p JOIN selected sel ON sel.sample_id = p.target_id "
+    "JOIN samples src ON src.sample_id = p.source_id "
+    "JOIN profiles sp ON sp.sample_id = p.source_id WHERE sp.error IS NULL"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,12 +150,20 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
     elif balance == "concepts":
         frm, weight = _balance_by_concepts(run, con, frm, where)
     concepts = "weights.concepts" if has_weights else "NULL::BIGINT[]"
-    query = (
-        f"SELECT samples.sample_id, samples.image, samples.uri, samples.caption_alt, "
-        f"profiles.width, profiles.height, {weight} AS sampling_weight, 't2i' AS task, "
-        f"{concepts} AS concepts, profiles.content_sha256 AS profiled_sha256 "
-        f"FROM {frm} WHERE {where} ORDER BY samples.sample_id"
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW selected AS SELECT samples.sample_id, samples.image, "
+        f"samples.uri, samples.caption_alt, profiles.width, profiles.height, "
+        f"{weight} AS sampling_weight, {concepts} AS concepts, "
+        f"profiles.content_sha256 AS profiled_sha256 FROM {frm} WHERE {where}"
     )
+    query = (
+        "SELECT sample_id, image, uri, caption_alt, width, height, sampling_weight, "
+        "'t2i' AS task, concepts, profiled_sha256, NULL::BLOB AS source_image, "
+        "NULL AS source_uri, NULL AS source_sha256, NULL::VARCHAR AS instruction FROM selected"
+    )
+    if "edit_pairs" in catalog.views(con):
+        query += f" UNION ALL {I2I_QUERY}"
+    query = f"SELECT * FROM ({query}) ORDER BY sample_id"
     reader = con.sql(query).to_arrow_reader(recipe.rows_per_shard)
     fs, root = resolve_uri(out)
     fs.create_dir(root, recursive=True)
@@ -213,31 +233,34 @@ def _balance_by_concepts(run: RunDir, con, frm: str, where: str) -> tuple[str, s
 
 def _fill_images(batch: pa.RecordBatch, dropped: collections.Counter) -> pa.RecordBatch:
     """Read the bytes of samples kept only as a URI, and check they are what was profiled:
-    a file that changed or vanished since profiling is dropped and counted."""
-    images = batch.column("image")
-    if images.null_count:
-        values, keep = images.to_pylist(), []
-        for i, (data, uri, sha) in enumerate(
-            zip(
-                values,
-                batch.column("uri").to_pylist(),
-                batch.column("profiled_sha256").to_pylist(),
-                strict=True,
-            )
-        ):
-            if data is None:
-                try:
-                    values[i] = data = read_bytes(uri)
-                except OSError:
-                    dropped["unreadable"] += 1
-                    continue
-                if hashlib.sha256(data).hexdigest() != sha:
-                    dropped["changed_since_profile"] += 1
-                    continue
-            keep.append(i)
-        index = batch.schema.get_field_index("image")
-        batch = batch.set_column(index, "image", pa.array(values, pa.binary())).take(keep)
-    return batch.drop_columns(["uri", "profiled_sha256"])
+    a file that changed or vanished since profiling is dropped and counted. The same for the
+    source image of i2i rows."""
+    keep = np.ones(batch.num_rows, bool)
+    for column, uri, sha in (("image", "uri", "profiled_sha256"),
+                             ("source_image", "source_uri", "source_sha256")):  # fmt: skip
+        images = batch.column(column)
+        needed = pc.and_(pc.is_null(images), pc.is_valid(batch.column(uri)))
+        if not pc.any(needed).as_py():
+            continue
+        values = images.to_pylist()
+        uris, shas = batch.column(uri).to_pylist(), batch.column(sha).to_pylist()
+        for i in np.flatnonzero(needed.to_numpy(zero_copy_only=False)):
+            if not keep[i]:
+                continue
+            try:
+                values[i] = read_bytes(uris[i])
+            except OSError:
+                dropped["unreadable"] += 1
+                keep[i] = False
+                continue
+            if hashlib.sha256(values[i]).hexdigest() != shas[i]:
+                dropped["changed_since_profile"] += 1
+                keep[i] = False
+        index = batch.schema.get_field_index(column)
+        batch = batch.set_column(index, column, pa.array(values, pa.binary()))
+    if not keep.all():
+        batch = batch.take(np.flatnonzero(keep))
+    return batch.drop_columns(["uri", "profiled_sha256", "source_uri", "source_sha256"])
 
 
 def _write_shard(fs, root: str, index: int, table: pa.Table) -> dict[str, Any]:

@@ -70,6 +70,24 @@ SHARD = pa.schema(
         pa.field("task", pa.string(), nullable=False),
         # knowledge-graph concept ids (weights/; ids >= the graph's node count are concepts/)
         pa.field("concepts", pa.list_(pa.int64())),
+        # i2i rows (task = 'i2i', from edit_pairs/): the edit's input image and instruction
+        pa.field("source_image", pa.binary()),
+        pa.field("instruction", pa.string()),
+    ]
+)
+
+# Editing pairs (the editing-pair constructors write them; select turns them into i2i rows).
+# `source_id` / `target_id` are sample_ids of the samples table.
+EDIT_PAIRS = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("target_id", pa.string(), nullable=False),
+        pa.field("instruction", pa.string(), nullable=False),
+        pa.field("instruction_zh", pa.string()),
+        pa.field("kind", pa.string(), nullable=False),  # expert|inverse|mixed|video|text_render
+        pa.field("operations", pa.string()),  # JSON list of {"op": ..., ...}
+        pa.field("provenance", pa.string()),  # JSON object
     ]
 )
 

@@ -17,7 +17,7 @@ from model.presets import PRESETS
 from model.s3dit import S3DiT
 from model.sampler import SAMPLING_PRESETS, Conditioning, FlowSchedule, denoise
 from model.text_encoder import TextEncoder
-from model.vae import VAE
+from model.vae import VAE, PixelLatents
 from model.vision import VisionEncoder
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Conditioning",
     "FlowSchedule",
     "PackedBatch",
+    "PixelLatents",
     "S3DiT",
     "SampleOutput",
     "TextEncoder",

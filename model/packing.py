@@ -10,7 +10,8 @@ Inside an item every segment (one image, one caption, one SigLIP grid) is padded
 of 32 tokens with rows the model replaces by a learned pad token (``pad_mask``, feature rows are
 zeros). Those pads are part of the model -- they attend and are attended -- exactly as in the
 reference. Nothing else is padded: an item's tokens of one stream form one sequence
-(``cu_seqlens``) and the batch is never padded to its longest item.
+(``cu_seqlens``) and the batch is never padded to its longest item -- unless ``pad_items_to``
+asks for exactly that, the naive padded baseline of ``bench/train_throughput.py``.
 
 The main stack runs on one *unified* sequence per item, the refined streams in the reference's
 order -- plain ``[image, caption]``, omni ``[caption_0.., image_0.., siglip_0..]`` -- given as
@@ -65,7 +66,7 @@ class PackedBatch:
     caption: TokenStream
     siglip: TokenStream | None
     unified_index: Tensor  # (N_u,) rows of cat(image, caption, siglip) in main-stack order
-    unified_cu_seqlens: Tensor  # (B+1,) int32
+    unified_cu_seqlens: Tensor  # (B+1,) int32; one more sequence per item with pad_items_to
     unified_max_seqlen: int
     target_rows: Tensor  # (N_target,) image-stream rows of each item's output image
     target_in_unified: Tensor  # (N_target,) the same tokens' rows in the unified sequence
@@ -151,6 +152,7 @@ class _StreamBuilder:
     pos: list[Tensor] = field(default_factory=list)
     noisy: list[Tensor] = field(default_factory=list)
     item_lengths: list[int] = field(default_factory=list)
+    batch_pad: dict[int, int] = field(default_factory=dict)  # item -> trailing pad_items_to rows
 
     def add(self, real: Tensor | None, pos: Tensor, noisy: int) -> int:
         """Append a segment: ``real`` rows, then zero pad rows up to ``len(pos)``; its length."""
@@ -167,6 +169,11 @@ class _StreamBuilder:
         self.item_lengths[-1] += len(pos)
         return len(pos)
 
+    def add_batch_pad(self, n: int) -> None:
+        """Append ``n`` pad rows to the current item, as an attention sequence of their own."""
+        self.add(None, _zeros_pos(n), 1)
+        self.batch_pad[len(self.item_lengths) - 1] = n
+
     def build(self, omni: bool, like: Tensor) -> TokenStream:
         """Concatenate; zero rows take the dtype of the first real rows (else ``like``'s)."""
         batch, device = len(self.item_lengths), like.device
@@ -179,14 +186,16 @@ class _StreamBuilder:
         item = torch.repeat_interleave(torch.arange(batch), lengths)
         noisy = torch.cat(self.noisy)
         cond_index = item + batch * (~noisy).long() if omni else item
-        cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths[lengths > 0].cumsum(0)])
+        pads = torch.tensor([self.batch_pad.get(i, 0) for i in range(batch)], dtype=torch.long)
+        seqs = torch.stack([lengths - pads, pads], 1).flatten()  # (2B,) each item's real, pad
+        cu = torch.cat([torch.zeros(1, dtype=torch.long), seqs[seqs > 0].cumsum(0)])
         return TokenStream(
             feats=torch.cat(feats),
             pad_mask=torch.cat(self.pad_mask).to(device),
             pos_ids=torch.cat(self.pos).to(device),
             cond_index=cond_index.to(device),
             cu_seqlens=cu.to(torch.int32).to(device),
-            max_seqlen=int(lengths.max()),
+            max_seqlen=int(seqs.max()),
         )
 
 
@@ -268,6 +277,7 @@ def pack_batch(
     image_noise_mask: list[list[int]] | None = None,
     siglip_feat_dim: int | None = None,
     axes_lens: tuple[int, ...] | None = None,
+    pad_items_to: int | str | None = None,
 ) -> PackedBatch:
     """Pack a batch given as the reference model's ``forward`` takes it.
 
@@ -277,10 +287,22 @@ def pack_batch(
     (H, W, siglip_feat_dim) grids or ``None`` entries (or ``None`` for an item without any),
     ``image_noise_mask`` per-item 0/1 per image (1 = noisy, modulated at ``t``; 0 = clean, t=1).
     ``axes_lens``, when given, bounds the positions (the RoPE tables' lengths).
+
+    ``pad_items_to`` (plain batches; ``"longest"`` or an int >= the longest item's unified
+    length ``padded(image tokens) + padded(caption tokens)``): the naive padded baseline. Item
+    i gets ``pad_items_to - L_i`` batch-padding rows (the learned image pad token, positions
+    (0, 0, 0), the item's t) after its image tokens, an attention sequence of their own in the
+    image refiner and in the unified stack: they go through every linear layer (the final
+    layer sees target tokens only) and attend among themselves, never to or from real tokens,
+    so the real outputs are unchanged and the unified stack computes B * ``pad_items_to`` rows.
+    A padded model computes at least as much: the same rows in every linear layer, each
+    refiner stream padded to its own longest, and a masked SDPA's (B, L_max, L_max) scores
+    where this computes sum(L_i^2 + pad_i^2); a speedup measured against it is a lower bound.
     """
     omni = isinstance(x[0], list)
     _check_inputs(omni, len(x), t, cap_feats, siglip_feats, image_noise_mask, siglip_feat_dim)
     p, pf = patch_size, f_patch_size
+    pads = _batch_pads(omni, x, cap_feats, p, pf, pad_items_to)
     builders = {
         "image": _StreamBuilder(pf * p * p * in_channels),
         "caption": _StreamBuilder(cap_feat_dim),
@@ -296,6 +318,8 @@ def pack_batch(
             targets.append(_add_omni_item(builders, x[i], cap_feats[i], sigs, noise, p, pf))
         else:
             targets.append(_add_plain_item(builders, x[i], cap_feats[i], p, pf))
+            if pads[i]:
+                builders["image"].add_batch_pad(pads[i])
     if axes_lens is not None:
         _check_positions([pos for b in builders.values() for pos in b.pos], axes_lens)
     like = cap_feats[0][0] if omni else cap_feats[0]  # device (and fallback dtype)
@@ -320,6 +344,27 @@ def pack_batch(
         target_in_unified=position[target_rows].to(device),
         target_sizes=tuple(size for _, _, size in targets),
     )
+
+
+def _batch_pads(
+    omni: bool, x: list, caps: list, p: int, pf: int, pad_items_to: int | str | None
+) -> list[int]:
+    """Batch-padding rows per item for ``pad_items_to`` (see ``pack_batch``)."""
+    if pad_items_to is None:
+        return [0] * len(x)
+    if omni:
+        raise ValueError(f"pad_items_to={pad_items_to!r} is for plain batches only")
+    lengths = [
+        padded(im.shape[1] // pf * (im.shape[2] // p) * (im.shape[3] // p)) + padded(len(c))
+        for im, c in zip(x, caps, strict=True)
+    ]
+    target = max(lengths) if pad_items_to == "longest" else pad_items_to
+    if not isinstance(target, int) or isinstance(target, bool) or target < max(lengths):
+        raise ValueError(
+            f"pad_items_to must be 'longest' or an int >= the longest item's {max(lengths)} "
+            f"unified tokens, got {pad_items_to!r}"
+        )
+    return [target - n for n in lengths]
 
 
 def _cumsum0(lengths: list[int]) -> Tensor:
@@ -366,8 +411,13 @@ def _unified_order(
         offset += sum(lengths)
     pieces, unified_lengths = [], []
     for i in range(len(targets)):
-        pieces += [torch.arange(starts[n][i], starts[n][i + 1]) for n in order]
-        unified_lengths.append(sum(builders[n].item_lengths[i] for n in order))
+        pad = builders["image"].batch_pad.get(i, 0)  # pad_items_to rows: the image's last
+        ends = {n: starts[n][i + 1] - (pad if n == "image" else 0) for n in order}
+        pieces += [torch.arange(starts[n][i], ends[n]) for n in order]
+        unified_lengths.append(sum(ends[n] - starts[n][i] for n in order))
+        if pad:
+            pieces.append(torch.arange(ends["image"], ends["image"] + pad))
+            unified_lengths.append(pad)
     target_rows = [
         torch.arange(starts["image"][i] + row, starts["image"][i] + row + n)
         for i, (row, n, _) in enumerate(targets)

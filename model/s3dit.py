@@ -8,7 +8,8 @@ Data flow (``N_*`` packed token counts, see ``model.packing``)::
     unified (N_u, dim) = cat(image, caption, siglip)[unified_index]  -> layers (modulated)
     target tokens (N_target, dim) -> final layer -> (N_target, pF*p*p*C)
 
-Every attention is varlen over ``cu_seqlens``: no batch padding is ever computed.
+Every attention is varlen over ``cu_seqlens``: no batch padding is ever computed (unless
+``pack(..., pad_items_to=...)`` asks for the benchmarks' padded baseline).
 """
 
 from __future__ import annotations
@@ -182,8 +183,13 @@ class S3DiT(ModelMixin, ConfigMixin):
         f_patch_size: int = 1,
         siglip_feats: list[list[Tensor | None] | None] | None = None,
         image_noise_mask: list[list[int]] | None = None,
+        pad_items_to: int | str | None = None,
     ) -> PackedBatch:
-        """Reference-style inputs -> ``PackedBatch`` (``model.packing.pack_batch``)."""
+        """Reference-style inputs -> ``PackedBatch`` (``model.packing.pack_batch``).
+
+        ``pad_items_to`` pads every item to the longest (``"longest"``) or a given unified
+        length, with padding the real tokens never see: the naive padded baseline of
+        ``bench/train_throughput.py`` (plain batches; see ``pack_batch``)."""
         patches = list(zip(self.config.all_patch_size, self.config.all_f_patch_size, strict=True))
         if (patch_size, f_patch_size) not in patches:
             raise ValueError(f"patch sizes {(patch_size, f_patch_size)} not in {patches}")
@@ -199,6 +205,7 @@ class S3DiT(ModelMixin, ConfigMixin):
             image_noise_mask=image_noise_mask,
             siglip_feat_dim=self.config.siglip_feat_dim,
             axes_lens=tuple(self.config.axes_lens),
+            pad_items_to=pad_items_to,
         )
 
     @staticmethod

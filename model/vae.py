@@ -144,3 +144,49 @@ class VAE(nn.Module):
         if output != "pil":
             raise ValueError(f"output={output!r}: pil, np, pt (or latent, before decoding)")
         return [Image.fromarray(a) for a in (arr * 255).round().astype("uint8")]
+
+
+class PixelLatents(VAE):
+    """An identity latent space with the VAE's interface, for tests and toy trainings that
+    must not depend on a trained autoencoder: ``encode`` area-averages ``factor x factor``
+    pixel blocks (``(B, 3, H, W)`` in [-1, 1] -> ``(B, 3, H/f, W/f)``), ``decode`` repeats each
+    latent pixel ``f x f`` times (nearest). Nothing is learned, so what a model generates in it
+    is directly visible (blocky) pixels. Pair it with a transformer whose ``in_channels`` is 3.
+    """
+
+    def __init__(self, factor: int = 8) -> None:
+        nn.Module.__init__(self)
+        if factor < 1:
+            raise ValueError(f"factor={factor} must be >= 1")
+        self.scaling_factor, self.shift_factor = 1.0, 0.0
+        self.latent_channels = 3
+        self.downsample = factor
+        self.multiple = 2 * factor
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # dtype / device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    def enable_tiling(self, enabled: bool = True) -> None:
+        """Nothing to tile: every block is independent."""
+
+    @torch.no_grad()
+    def encode(
+        self,
+        images: Tensor,
+        generators: list[torch.Generator] | None = None,
+        sample: bool = True,
+    ) -> Tensor:
+        """(B, 3, H, W) -> (B, 3, H/f, W/f); deterministic (``generators``/``sample`` unused)."""
+        x = images.to(self.device, self.dtype)
+        return torch.nn.functional.avg_pool2d(x, self.downsample)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        f = self.downsample
+        return latents.to(self.device, self.dtype).repeat_interleave(f, -2).repeat_interleave(f, -1)

@@ -3,6 +3,7 @@ the reference computes them, batch invariance."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model import pack_batch, patchify, unpatchify
@@ -120,3 +121,35 @@ def test_static_cache_reuses_caption_and_siglip_streams_bit_identically(pair):
     assert torch.equal(first, ours.forward_packed(packed))
     assert torch.equal(cached, plain)
     assert not torch.equal(cached, first)
+
+
+def test_pad_items_to_costs_b_times_longest_and_leaves_real_outputs_unchanged(pair):
+    """The naive padded baseline: every item's unified sequence is as long as the longest one,
+    the padding in sequences of its own, so the real tokens' predictions do not change."""
+    _, ours = pair
+    x, t, caps = plain_batch([7, 40, 32], [(8, 8), (12, 6), (4, 4)], seed=4)
+    plain = ours.pack(x, t, caps)
+    longest = int(plain.unified_cu_seqlens.diff().max())  # item 1: 32 + 64
+    for target in ("longest", longest + 5):
+        packed = ours.pack(x, t, caps, pad_items_to=target)
+        width = longest if target == "longest" else target
+        assert len(packed.unified_index) == 3 * width  # B * longest rows in the main stack
+        assert len(packed.image.feats) + len(packed.caption.feats) == 3 * width
+        assert sorted(packed.unified_index.tolist()) == list(range(3 * width))
+        # real sequences as before; each padded item's padding is a sequence of its own
+        real = plain.unified_cu_seqlens.diff().tolist()
+        assert packed.unified_cu_seqlens.diff().tolist() == [
+            n for r in real for n in (r, width - r) if n
+        ]
+        pads = packed.image.pad_mask.sum() - plain.image.pad_mask.sum()
+        assert pads == 3 * width - sum(real)  # batch-padding rows: learned pad tokens
+        with torch.no_grad():
+            torch.testing.assert_close(
+                ours.forward_packed(packed), ours.forward_packed(plain), atol=1e-5, rtol=0
+            )
+    assert torch.equal(plain.unified_cu_seqlens, ours.pack(x, t, caps).unified_cu_seqlens)
+    for bad in (longest - 1, "max", True):
+        with pytest.raises(ValueError, match="pad_items_to"):
+            ours.pack(x, t, caps, pad_items_to=bad)
+    with pytest.raises(ValueError, match="plain batches"):
+        ours.pack(**omni_batch(), pad_items_to="longest")

@@ -1,0 +1,71 @@
+"""``zfoundry train`` / ``zfoundry cache-latents`` on a stage TOML over curated shards."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from model import S3DiT
+from pipelines.cli import app
+
+runner = CliRunner()
+
+
+def _stage_file(toy, tmp_path, extra: str = "") -> str:
+    path = tmp_path / "stage.toml"
+    path.write_text(f"""
+name = "toy"
+manifest = "{toy.manifest}"
+out = "out"
+steps = 3
+log_every = 1
+{extra}
+[model]
+preset = "debug"
+[encoders]
+pipeline = "{toy.pipeline}"
+latent_space = "pixel"
+[data]
+token_budget = 1024
+[timesteps]
+shift = "1"
+""")
+    return str(path)
+
+
+def said(result) -> str:
+    return " ".join(result.output.split())
+
+
+def test_train_and_cache_latents_from_the_command_line(toy, tmp_path):
+    stage = _stage_file(toy, tmp_path)
+    result = runner.invoke(app, ["train", stage, "--backend", "local", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["final"] == str(tmp_path / "out" / "final")
+    assert S3DiT.from_pretrained(tmp_path / "out" / "final" / "transformer").config.in_channels == 3
+    again = runner.invoke(app, ["train", stage, "--steps", "5", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout.strip().splitlines()[-1])["resumed_from"].endswith("0000003")
+    cache = tmp_path / "cache"
+    result = runner.invoke(app, ["cache-latents", stage, "--out", str(cache), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["errors"] == 0
+    result = runner.invoke(app, ["train", stage, "--set", f'data.cache="{cache}"',
+                                 "--set", 'out="out2"', "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_bad_stage_and_overrides_are_named(toy, tmp_path):
+    stage = _stage_file(toy, tmp_path, extra='precision = "fp8"')
+    result = runner.invoke(app, ["train", stage])
+    assert result.exit_code == 2 and "precision" in said(result) and "fp8" in said(result)
+    stage = _stage_file(toy, tmp_path)
+    result = runner.invoke(app, ["train", stage, "--set", "optim.lr=0"])
+    assert result.exit_code == 2 and "CLI: optim.lr: must be > 0" in said(result)
+    result = runner.invoke(app, ["train", stage, "--backend", "slurm"])
+    assert result.exit_code == 2 and "backend" in said(result) and "local" in said(result)
+    (tmp_path / "curriculum.toml").write_text("[[stages]]\nfile = 'a.toml'\n")
+    result = runner.invoke(app, ["train", str(tmp_path / "curriculum.toml")])
+    assert result.exit_code == 2 and "curriculum" in said(result)

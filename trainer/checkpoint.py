@@ -1,0 +1,121 @@
+"""Resumable checkpoints of a stage and the diffusers-format export.
+
+``out/checkpoints/step-NNNNNNN/``:
+
+* ``state.pt``: model and optimizer state dicts, the lr scheduler, the EMA weights, the global
+  step and the data position (epoch, step within the epoch) -- everything the next step
+  depends on (noise and caption draws are seeded by the step, see ``trainer.trainer``);
+* ``transformer/``: the EMA weights (the raw weights with ``ema_decay = 0``) as
+  ``S3DiT.save_pretrained`` writes them: ``config.json`` + safetensors, loadable by
+  ``S3DiT.from_pretrained``, diffusers' ``ZImageTransformer2DModel`` and ``zfoundry sample``;
+* ``_COMPLETE``: written last; a folder without it (a crash mid-write) is ignored and replaced.
+
+A checkpoint is written to ``.tmp-step-N`` and renamed, so readers never see half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from trainer.trainer import Trainer
+
+MARKER = "_COMPLETE"
+STAGE_FILE = "zfoundry_stage.json"
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step-{step:07d}"
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step-*") if (p / MARKER).is_file())
+    return done[-1] if done else None
+
+
+def save(trainer: Trainer) -> Path:
+    """Write the trainer's state at its current step; returns the folder."""
+    final = checkpoint_dir(trainer.out, trainer.global_step)
+    if (final / MARKER).is_file():
+        return final
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = trainer._bare_model()
+    state = {
+        "model": model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "ema": trainer.ema,
+        "global_step": trainer.global_step,
+        "epoch": trainer.epoch,
+        "step_in_epoch": trainer.step_in_epoch,
+        "stage": trainer.config.name,
+    }
+    torch.save(state, tmp / "state.pt")
+    export_transformer(trainer, tmp / "transformer")
+    (tmp / MARKER).write_text(json.dumps({"step": trainer.global_step}) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def export_transformer(trainer: Trainer, folder: Path) -> None:
+    """The EMA weights (raw weights when EMA is off) as a diffusers-format folder."""
+    model = trainer._bare_model()
+    use_ema = trainer.config.optim.ema_decay > 0
+    backup = [p.detach().clone() for p in model.parameters()] if use_ema else None
+    with torch.no_grad():
+        if use_ema:
+            for p, e in zip(model.parameters(), trainer.ema, strict=True):
+                p.copy_(e.to(p.dtype))
+        model.save_pretrained(folder)
+        if backup is not None:
+            for p, b in zip(model.parameters(), backup, strict=True):
+                p.copy_(b)
+
+
+def load_state(trainer: Trainer, folder: Path) -> None:
+    """Restore everything ``save`` wrote, so the next step is the uninterrupted run's."""
+    state = torch.load(folder / "state.pt", map_location=trainer.device, weights_only=True)
+    if state["stage"] != trainer.config.name:
+        raise ValueError(f"{folder} belongs to stage {state['stage']!r}, not "
+                         f"{trainer.config.name!r}; use another out folder")  # fmt: skip
+    trainer._bare_model().load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    with torch.no_grad():
+        for e, saved in zip(trainer.ema, state["ema"], strict=True):
+            e.copy_(saved)
+    trainer.global_step = state["global_step"]
+    trainer.epoch, trainer.step_in_epoch = state["epoch"], state["step_in_epoch"]
+    trainer._plan = None
+
+
+def export_final(trainer: Trainer, checkpoint: Path) -> Path:
+    """``out/final/``: the checkpoint's ``transformer/`` and a note of how it was trained."""
+    final = trainer.out / "final"
+    tmp = trainer.out / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint / "transformer", tmp / "transformer")
+    enc = trainer.config.encoders
+    note = {
+        "stage": trainer.config.name,
+        "step": trainer.global_step,
+        "ema": trainer.config.optim.ema_decay > 0,
+        "pipeline": enc.pipeline,
+        "latent_space": enc.latent_space,
+        "manifest": str(trainer.config.manifest),
+    }
+    (tmp / STAGE_FILE).write_text(json.dumps(note, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final

@@ -1,0 +1,241 @@
+"""A training stage as TOML -> typed, validated config (``zfoundry train stage.toml``).
+
+::
+
+    name = "lowres"
+    manifest = "shards/lowres/manifest.json"   # written by `zfoundry select`
+    out = "checkpoints/lowres"
+    steps = 2000
+
+    [model]
+    preset = "debug"                 # or pretrained = "path/to/transformer"
+
+    [encoders]
+    pipeline = "path/to/Z-Image"     # diffusers-format folder: text_encoder/, tokenizer/, vae/
+    latent_space = "vae"             # or "pixel" (identity latents, see model.vae.PixelLatents)
+
+    [data]
+    token_budget = 8192
+
+    [optim]
+    lr = 1e-4
+
+Relative paths are taken relative to the TOML file. Every field is documented below; a bad
+value fails at load time naming the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.config import Location, require
+from trainer.flow import TimestepConfig
+
+CAPTION_COLUMNS = (
+    "caption_long",
+    "caption_medium",
+    "caption_short",
+    "caption_tags",
+    "caption_user_prompt",
+    "caption_alt",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The transformer being trained."""
+
+    preset: str = "debug"
+    """A ``model.presets`` name (random init), used when ``pretrained`` is empty."""
+    pretrained: str = ""
+    """A transformer folder (config.json + safetensors: diffusers or a zfoundry export) or a
+    Z-Image pipeline folder (its ``transformer/``) to start from."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Config overrides for a preset (``cap_feat_dim`` and ``in_channels`` are set from the
+    encoders automatically)."""
+    attention_backend: str = "auto"
+    """``auto``, ``sdpa``, ``sdpa_mask``, ``flex`` or ``flash`` (see ``model.attention``)."""
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (less memory, ~30% slower)."""
+    compile: bool = False
+    """``torch.compile`` every transformer block."""
+
+    def __post_init__(self) -> None:
+        from model.presets import PRESETS
+
+        require(bool(self.pretrained) or self.preset in PRESETS, "preset", self.preset,
+                f"must be one of {sorted(PRESETS)} (or set pretrained)")  # fmt: skip
+        backends = ("auto", "sdpa", "sdpa_mask", "flex", "flash")
+        require(self.attention_backend in backends, "attention_backend", self.attention_backend,
+                f"must be one of {backends}")  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig:
+    """The frozen encoders that turn images and captions into the transformer's inputs."""
+
+    pipeline: str = ""
+    """A diffusers-format Z-Image pipeline folder (or a cached hub id): ``text_encoder/`` +
+    ``tokenizer/`` (Qwen3) and ``vae/`` (Flux VAE) are loaded from it."""
+    latent_space: str = "vae"
+    """``vae`` (the pipeline's VAE) or ``pixel`` (identity latents: 8x8 pixel averages, 3
+    channels; for toy trainings and tests, ``model.vae.PixelLatents``)."""
+    max_caption_tokens: int = 512
+    """Captions are truncated to this many tokens (the reference's 512)."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.pipeline), "pipeline", self.pipeline, "must name a pipeline folder")
+        require(self.latent_space in ("vae", "pixel"), "latent_space", self.latent_space,
+                "must be 'vae' or 'pixel'")  # fmt: skip
+        require(self.max_caption_tokens >= 1, "max_caption_tokens", self.max_caption_tokens,
+                "must be >= 1")  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """How the manifest's rows become batches. Unset fields come from the manifest."""
+
+    resolution: str = "buckets"
+    """``buckets``: each image goes to the manifest's ``resolution_buckets`` entry nearest in
+    aspect ratio; ``tokens``: any aspect ratio, scaled to ``min_tokens..max_tokens`` image tokens
+    (``trainer.buckets.resolution_for``)."""
+    min_tokens: int = 256
+    """``resolution = "tokens"``: fewest image tokens (16x16 px each)."""
+    max_tokens: int = 4096
+    """``resolution = "tokens"``: most image tokens (4096 = 1024x1024)."""
+    token_budget: int = 8192
+    """Tokens (image + caption) per batch per rank; batches are filled up to it."""
+    max_batch_size: int = 0
+    """Cap on samples per batch (0 = none)."""
+    caption_probs: dict[str, float] = field(default_factory=dict)
+    """Caption column -> probability (default: the manifest's). Missing / empty captions fall
+    back to ``caption_alt``."""
+    metadata_caption_prob: float = 0.0
+    """Probability of training on the original metadata text (``caption_alt``) even when a
+    generated caption exists."""
+    caption_dropout: float = 0.1
+    """Probability of an empty caption (teaches the unconditional prediction used by CFG)."""
+    t2i_i2i_ratio: tuple[int, int] | None = None
+    """T2I : I2I batches (default: the manifest's, 4:1). With no i2i rows, all batches are T2I."""
+    samples_per_epoch: int = 0
+    """Weighted draws (``sampling_weight``) per epoch; 0 = the number of rows."""
+    cache: str = ""
+    """A latent/text cache written by ``zfoundry cache-latents`` to train from instead of
+    decoding images and running the encoders."""
+    verify_shards: bool = True
+    """Check each shard's sha256 against the manifest before reading it."""
+
+    def __post_init__(self) -> None:
+        require(self.resolution in ("buckets", "tokens"), "resolution", self.resolution,
+                "must be 'buckets' or 'tokens'")  # fmt: skip
+        require(0 < self.min_tokens <= self.max_tokens, "min_tokens", self.min_tokens,
+                f"must be in 1..max_tokens ({self.max_tokens})")  # fmt: skip
+        require(self.token_budget >= 64, "token_budget", self.token_budget, "must be >= 64")
+        require(self.max_batch_size >= 0, "max_batch_size", self.max_batch_size, "must be >= 0")
+        for name in ("metadata_caption_prob", "caption_dropout"):
+            value = getattr(self, name)
+            require(0 <= value < 1, name, value, "must be in [0, 1)")
+        unknown = sorted(set(self.caption_probs) - set(CAPTION_COLUMNS))
+        require(not unknown, "caption_probs", self.caption_probs,
+                f"keys must be among {CAPTION_COLUMNS}")  # fmt: skip
+        require(all(v >= 0 for v in self.caption_probs.values()), "caption_probs",
+                self.caption_probs, "must be >= 0")  # fmt: skip
+        if self.caption_probs:
+            require(sum(self.caption_probs.values()) > 0, "caption_probs", self.caption_probs,
+                    "must not all be 0")  # fmt: skip
+        if self.t2i_i2i_ratio is not None:
+            require(min(self.t2i_i2i_ratio) >= 0 and sum(self.t2i_i2i_ratio) > 0,
+                    "t2i_i2i_ratio", self.t2i_i2i_ratio, "must be >= 0, not both 0")  # fmt: skip
+        require(self.samples_per_epoch >= 0, "samples_per_epoch", self.samples_per_epoch,
+                "must be >= 0")  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW, learning-rate schedule, clipping and EMA."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``lr`` over this many steps."""
+    schedule: str = "constant"
+    """After warm-up: ``constant`` or ``cosine`` (to ``min_lr_ratio * lr`` at the last step)."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine schedule, as a fraction of ``lr``."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping; the norm is logged either way)."""
+    ema_decay: float = 0.999
+    """EMA decay of the weights, exported at each checkpoint (0 = no EMA: raw weights)."""
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "lr", self.lr, "must be > 0")
+        require(all(0 <= b < 1 for b in self.betas), "betas", self.betas, "must be in [0, 1)")
+        require(self.eps > 0, "eps", self.eps, "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
+        require(self.schedule in ("constant", "cosine"), "schedule", self.schedule,
+                "must be 'constant' or 'cosine'")  # fmt: skip
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0")
+        require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """One training stage: what to train on, what to train, how, and where to write."""
+
+    name: str
+    """Stage name (``lowres``, ``omni``, ``sft``...), used in logs and checkpoints."""
+    manifest: Location
+    """``manifest.json`` written by ``zfoundry select`` (path or URI)."""
+    out: Path
+    """Output folder: ``metrics.jsonl``, ``checkpoints/step-N/``, ``final/transformer``."""
+    backend: str = "local"
+    """Training backend (``trainer.registry``): ``local`` (in-process)."""
+    steps: int = 1000
+    """Optimizer steps."""
+    seed: int = 0
+    """Seeds sampling, batching, noise and timesteps: same seed, same run."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``."""
+    log_every: int = 10
+    """Write a metrics line every this many steps."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every this many steps (0 = only at the end)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    encoders: EncoderConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        require(bool(self.name.strip()), "name", self.name, "must not be empty")
+        require(self.steps >= 1, "steps", self.steps, "must be >= 1")
+        require(self.log_every >= 1, "log_every", self.log_every, "must be >= 1")
+        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
+                "must be >= 0")  # fmt: skip
+        require(self.precision in ("auto", "fp32", "bf16"), "precision", self.precision,
+                "must be auto, fp32 or bf16")  # fmt: skip
+        ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        require(ok, "device", self.device, "must be auto, cpu, cuda or cuda:N")
+        from trainer.registry import backend_names
+
+        require(self.backend in backend_names(), "backend", self.backend,
+                f"must be one of {backend_names()}")  # fmt: skip
+
+
+def load_stage(path: str | Path, overrides: dict[str, Any] | None = None) -> StageConfig:
+    """A stage TOML (relative paths relative to it); ``overrides``: dotted keys (CLI)."""
+    from infra.config import load_toml
+
+    return load_toml(StageConfig, path, overrides=overrides, relative_paths=True)
