@@ -33,7 +33,7 @@ from torch import Tensor
 from model.s3dit import S3DiT
 from model.sampler import Conditioning, FlowSchedule, denoise, get_preset, strength_start
 from model.text_encoder import MAX_LENGTH, TextEncoder
-from model.vae import VAE, ImageInput
+from model.vae import VAE, ImageInput, PixelLatents
 from model.vision import VisionEncoder, crop_reference, resize_reference
 
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
@@ -75,6 +75,7 @@ class ZFoundryPipeline:
         device: str | torch.device = "cpu",
         vision: bool | None = None,
         text_padding: str = "max_length",
+        latent_space: str = "vae",
     ) -> ZFoundryPipeline:
         """From a diffusers-format Z-Image pipeline folder (or a hub id already in the cache).
 
@@ -82,10 +83,15 @@ class ZFoundryPipeline:
         training checkpoint) replacing ``path/transformer``. ``vision``: load ``siglip/`` and
         ``siglip_processor/`` (needed for editing); by default when the folder has them.
         ``text_padding``: ``max_length`` (the reference's, bit-identical) or ``longest``
-        (cheaper for short prompts, see ``model.text_encoder``).
+        (cheaper for short prompts, see ``model.text_encoder``). ``latent_space="pixel"``: a
+        transformer trained in the identity latent space (``PixelLatents``; no ``vae/`` needed).
         """
+        if latent_space not in ("vae", "pixel"):
+            raise ValueError(f"latent_space={latent_space!r}: 'vae' or 'pixel'")
         root = _local_folder(path)
-        need = [c for c in COMPONENTS if not (c == "transformer" and transformer is not None)]
+        skip = {"transformer"} if transformer is not None else set()
+        skip |= {"vae"} if latent_space == "pixel" else set()
+        need = [c for c in COMPONENTS if c not in skip]
         missing = [f"{c}/" for c in need if not (root / c).is_dir()]
         has_vision = all((root / c).is_dir() for c in EDIT_COMPONENTS)
         if vision and not has_vision:
@@ -105,7 +111,9 @@ class ZFoundryPipeline:
             transformer=model,
             schedule=FlowSchedule.from_pretrained(root),
             text_encoder=TextEncoder.from_pretrained(root, padding=text_padding, **kwargs),
-            vae=VAE.from_pretrained(root, **kwargs),
+            vae=PixelLatents().to(device)
+            if latent_space == "pixel"
+            else VAE.from_pretrained(root, **kwargs),
             vision=VisionEncoder.from_pretrained(root, **kwargs)
             if (has_vision if vision is None else vision)
             else None,

@@ -80,13 +80,17 @@ def resolve_checkpoint(checkpoint: Path, base: Path | None) -> tuple[Path, Path 
             f"--checkpoint {checkpoint} holds only a transformer: pass --base DIR, a Z-Image "
             f"pipeline folder with {', '.join(f'{c}/' for c in COMPONENTS)}"
         )
-    return _pipeline_folder(base, "--base", need_transformer=False), transformer
+    need_vae = _latent_space(transformer) == "vae"
+    return _pipeline_folder(base, "--base", need_transformer=False, need_vae=need_vae), transformer
 
 
-def _pipeline_folder(path: Path, flag: str, need_transformer: bool = True) -> Path:
+def _pipeline_folder(
+    path: Path, flag: str, need_transformer: bool = True, need_vae: bool = True
+) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{flag} {path}: no such folder")
     need = ("transformer", *COMPONENTS) if need_transformer else COMPONENTS
+    need = tuple(c for c in need if need_vae or c != "vae")
     missing = [f"{c}/" for c in need if not (path / c).is_dir()]
     if missing:
         raise FileNotFoundError(f"{flag} {path}: missing {', '.join(missing)}")
@@ -181,7 +185,8 @@ def sample(
         root, transformer = resolve_checkpoint(checkpoint, base)
         if reference and not all((root / c).is_dir() for c in ("siglip", "siglip_processor")):
             raise FileNotFoundError(f"--reference needs siglip/ and siglip_processor/ in {root}")
-        width, height = parse_size(size, pixel_multiple(root)) if size else (None, None)
+        multiple = pixel_multiple(root) if _latent_space(transformer) == "vae" else 16
+        width, height = parse_size(size, multiple) if size else (None, None)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     import torch
@@ -201,6 +206,7 @@ def sample(
         pipe = ZFoundryPipeline.from_pretrained(
             root,
             transformer=transformer,
+            latent_space=_latent_space(transformer),
             dtype=torch_dtype,
             device=device,
             vision=bool(reference) or None,
@@ -228,6 +234,14 @@ def sample(
         _fail(err)
     settings = {"checkpoint": str(checkpoint), "preset": preset.value, "steps": steps, "cfg": cfg}
     _save(result, out, prompt, num_images, settings)
+
+
+def _latent_space(transformer: Path | None) -> str:
+    """``pixel`` for a zfoundry training export made in the identity latent space."""
+    if transformer is None:
+        return "vae"
+    note = transformer.parent / "zfoundry_stage.json"
+    return json.loads(note.read_text()).get("latent_space", "vae") if note.is_file() else "vae"
 
 
 def _save(result, out: Path, prompts: list[str], num_images: int, settings: dict) -> None:

@@ -30,7 +30,9 @@ class Toy:
 
 
 def text_encoder_folder(path: Path, texts: list[str]) -> Path:
-    """``path/text_encoder`` (tiny random Qwen3) + ``path/tokenizer`` (BPE trained on texts)."""
+    """``path/text_encoder`` (tiny random Qwen3), ``path/tokenizer`` (BPE trained on texts) and
+    ``path/scheduler`` (flow-matching Euler, no shift): a Z-Image pipeline folder without VAE,
+    enough for the pixel latent space."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
@@ -64,6 +66,9 @@ def text_encoder_folder(path: Path, texts: list[str]) -> Path:
     )
     Qwen3Model(config).eval().save_pretrained(path / "text_encoder")
     fast.save_pretrained(path / "tokenizer")
+    from diffusers import FlowMatchEulerDiscreteScheduler  # for sampling the trained models
+
+    FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(path / "scheduler")
     return path
 
 

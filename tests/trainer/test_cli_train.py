@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from PIL import Image
 from typer.testing import CliRunner
 
 from model import S3DiT
@@ -45,6 +46,13 @@ def test_train_and_cache_latents_from_the_command_line(toy, tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 3 and summary["final"] == str(tmp_path / "out" / "final")
     assert S3DiT.from_pretrained(tmp_path / "out" / "final" / "transformer").config.in_channels == 3
+    png = tmp_path / "toy.png"
+    result = runner.invoke(app, ["sample", "--checkpoint", str(tmp_path / "out" / "final"),
+                                 "--base", str(toy.pipeline), "--prompt", "a red circle",
+                                 "--size", "96x64", "--steps", "2", "--out", str(png),
+                                 "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert Image.open(png).size == (96, 64)  # the exported checkpoint samples (pixel space)
     again = runner.invoke(app, ["train", stage, "--steps", "5", "--no-progress"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout.strip().splitlines()[-1])["resumed_from"].endswith("0000003")
@@ -52,8 +60,9 @@ def test_train_and_cache_latents_from_the_command_line(toy, tmp_path):
     result = runner.invoke(app, ["cache-latents", stage, "--out", str(cache), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["errors"] == 0
+    out2 = tmp_path / "out2"
     result = runner.invoke(app, ["train", stage, "--set", f'data.cache="{cache}"',
-                                 "--set", 'out="out2"', "--no-progress"])  # fmt: skip
+                                 "--set", f'out="{out2}"', "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output
 
 
