@@ -76,26 +76,47 @@ def _reject_curriculum(path: Path) -> None:
 
 @app.command("cache-latents")
 def cache_latents(
-    stage: Annotated[
-        Path, typer.Argument(help="Stage TOML: its manifest, encoders and resolution settings.")
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A manifest.json (with --pipeline) or a stage TOML (its manifest, encoders "
+            "and resolution settings)."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Cache folder (then data.cache = it).")],
+    pipeline: Annotated[
+        str | None, typer.Option(help="Z-Image pipeline folder (with a manifest).")
+    ] = None,
+    latent_space: Annotated[str, typer.Option(help="vae or pixel (with a manifest).")] = "vae",
+    resolution: Annotated[
+        str, typer.Option(help="buckets or tokens (with a manifest).")
+    ] = "buckets",
+    min_tokens: Annotated[int, typer.Option(help="resolution=tokens: fewest tokens.")] = 256,
+    max_tokens: Annotated[int, typer.Option(help="resolution=tokens: most tokens.")] = 4096,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N.")] = "cpu",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Run the frozen VAE and text encoder over a stage's manifest once and store latents and
+    """Run the frozen VAE and text encoder over a manifest's shards once and store latents and
     caption features as Parquet; train from it with `--set data.cache=OUT`. Shards already
-    cached with the same settings are skipped."""
+    cached with the same settings are skipped. The cache records its settings: a stage with
+    other encoders or resolution settings refuses it."""
     from infra.config import ConfigError
     from trainer.cache import build_cache
-    from trainer.config import load_stage
+    from trainer.config import DataConfig, EncoderConfig, load_stage
     from trainer.data import Manifest
 
     try:
-        config = load_stage(stage)
-        manifest = Manifest.load(str(config.manifest))
-        counts = build_cache(manifest, config.encoders, config.data, out, device=device,
-                             progress=progress)  # fmt: skip
+        if source.suffix == ".json":
+            if pipeline is None:
+                raise ValueError("a manifest needs --pipeline (the encoders' folder)")
+            encoders = EncoderConfig(pipeline=pipeline, latent_space=latent_space)
+            data = DataConfig(resolution=resolution, min_tokens=min_tokens, max_tokens=max_tokens)
+            manifest = Manifest.load(str(source))
+        else:
+            config = load_stage(source)
+            encoders, data = config.encoders, config.data
+            manifest = Manifest.load(str(config.manifest))
+        counts = build_cache(manifest, encoders, data, out, device=device, progress=progress)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         _fail(err)
     print(json.dumps(counts, sort_keys=True))

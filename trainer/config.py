@@ -112,7 +112,7 @@ class DataConfig:
     caption_probs: dict[str, float] = field(default_factory=dict)
     """Caption column -> probability (default: the manifest's). Missing / empty captions fall
     back to ``caption_alt``."""
-    metadata_caption_prob: float = 0.0
+    metadata_caption_prob: float = 0.05
     """Probability of training on the original metadata text (``caption_alt``) even when a
     generated caption exists."""
     caption_dropout: float = 0.1

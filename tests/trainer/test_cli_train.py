@@ -60,6 +60,11 @@ def test_train_and_cache_latents_from_the_command_line(toy, tmp_path):
     result = runner.invoke(app, ["cache-latents", stage, "--out", str(cache), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["errors"] == 0
+    same = runner.invoke(app, ["cache-latents", str(toy.manifest), "--pipeline",
+                               str(toy.pipeline), "--latent-space", "pixel", "--out", str(cache),
+                               "--no-progress"])  # fmt: skip
+    assert same.exit_code == 0, same.output  # the manifest form with the same settings: reused
+    assert json.loads(same.stdout.strip().splitlines()[-1])["shards"] == 0
     out2 = tmp_path / "out2"
     result = runner.invoke(app, ["train", stage, "--set", f'data.cache="{cache}"',
                                  "--set", f'out="{out2}"', "--no-progress"])  # fmt: skip

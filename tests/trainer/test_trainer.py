@@ -147,3 +147,13 @@ def test_cache_trains_like_the_live_encoders(toy, tmp_path):
                                             "resolution": "tokens"})  # fmt: skip
     with pytest.raises(ValueError, match="resolution differ"):
         Trainer(other)
+
+
+def test_gradient_checkpointing_switch_changes_no_loss(toy, tmp_path):
+    """Applied from outside the model: the same losses (to float rounding) with and without."""
+    from trainer.config import ModelConfig
+
+    Trainer(stage(toy, tmp_path / "plain", steps=3)).fit(progress=False)
+    model = ModelConfig(preset="debug", gradient_checkpointing=True)
+    Trainer(stage(toy, tmp_path / "ckpt", steps=3, model=model)).fit(progress=False)
+    assert _losses(tmp_path / "ckpt") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-5)
