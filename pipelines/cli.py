@@ -307,4 +307,4 @@ if __name__ == "__main__":
 
 
 # Commands defined in other modules register on `app` when imported (after everything above).
-from pipelines import cli_kg, cli_sample, cli_train, cli_vectors  # noqa: E402, F401
+from pipelines import cli_kg, cli_merge, cli_sample, cli_train, cli_vectors  # noqa: E402, F401

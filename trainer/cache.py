@@ -152,7 +152,9 @@ class CachedEncoders:
 
     def table(self, shard: int) -> pa.Table:
         if shard not in self._tables:
-            self._tables = {shard: pq.read_table(self.cache / f"{shard:05d}.parquet")}
+            if len(self._tables) >= 8:  # keep a few shards: steps draw from all of them
+                self._tables.pop(next(iter(self._tables)))
+            self._tables[shard] = pq.read_table(self.cache / f"{shard:05d}.parquet")
         return self._tables[shard]
 
     def features(self, blobs: list[bytes]) -> list[Tensor]:

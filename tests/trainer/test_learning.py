@@ -16,6 +16,8 @@ import torch
 
 from model import S3DiT, ZFoundryPipeline
 from tests.trainer.conftest import make_toy, stage
+from trainer.cache import build_cache
+from trainer.data import Manifest
 from trainer.synthetic import CHANCE_COLOUR, accuracy
 from trainer.trainer import Trainer
 
@@ -41,7 +43,10 @@ def generate(pipeline_dir, transformer, specs) -> list:
 def test_trained_model_draws_held_out_colours_untrained_does_not(tmp_path):
     toy = make_toy(tmp_path / "data", n=400)
     config = stage(toy, tmp_path / "out", steps=STEPS, log_every=50,
-                   data={"token_budget": BUDGET}, optim={"lr": LR, "warmup_steps": 20})  # fmt: skip
+                   data={"token_budget": BUDGET, "cache": str(tmp_path / "cache")},
+                   optim={"lr": LR, "warmup_steps": 20})  # fmt: skip
+    manifest = Manifest.load(str(toy.manifest))  # encoders run once, not every epoch
+    build_cache(manifest, config.encoders, config.data, tmp_path / "cache", progress=False)
     summary = Trainer(config).fit(progress=False)
     assert summary["steps"] == STEPS
     images, specs = generate(toy.pipeline, tmp_path / "out" / "final" / "transformer",
