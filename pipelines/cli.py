@@ -302,9 +302,10 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
-
-
 # Commands defined in other modules register on `app` when imported (after everything above).
 from pipelines import cli_kg, cli_merge, cli_sample, cli_train, cli_vectors  # noqa: E402, F401
+
+if __name__ == "__main__":  # `python -m pipelines.cli`: the modules above registered their
+    from pipelines.cli import main as _main  # commands on `pipelines.cli.app`, not on this copy
+
+    _main()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.s3dit import S3DiT
 from trainer.config import StageConfig
@@ -34,6 +34,18 @@ from trainer.encoders import EncodedBatch, Encoders
 from trainer.flow import interpolate, per_sample_loss, sample_times
 
 CHECKPOINT_PREFIX = "step-"
+
+
+class PackedForward(nn.Module):
+    """``forward(packed) = model.forward_packed(packed)``: the entry point that data-parallel
+    wrappers (DDP, FSDP2) see, so the model itself stays single-device."""
+
+    def __init__(self, model: S3DiT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, packed) -> Tensor:
+        return self.model.forward_packed(packed)
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -75,6 +87,7 @@ class Trainer:
         else:
             self.encoders = Encoders(config.encoders, self.device, torch.float32)
         self.model = self.build_model().to(self.device).train()
+        self.forward_module = self.parallelize(PackedForward(self.model))
         opt = config.optim
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -119,9 +132,23 @@ class Trainer:
     def _bare_model(self) -> S3DiT:
         return self.model
 
+    def parallelize(self, module: nn.Module) -> nn.Module:
+        """Data parallelism applied from outside the model: DDP over the initialised process
+        group when ``world_size > 1`` (gloo on CPU; the Ray backend sets the group up)."""
+        if self.world_size == 1:
+            return module
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not dist.is_initialized() or dist.get_world_size() != self.world_size:
+            raise RuntimeError(f"world_size={self.world_size} needs an initialised process "
+                               "group of that size (init_process_group)")  # fmt: skip
+        ids = [self.device.index or 0] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
     # -- steps -------------------------------------------------------------------------------
-    def forward_backward_step(self, batch: EncodedBatch, generator: torch.Generator) -> Tensor:
-        """Flow-matching loss of one batch (mean of per-sample losses); calls backward."""
+    def per_sample_losses(self, batch: EncodedBatch, generator: torch.Generator) -> Tensor:
+        """(B,) flow-matching losses of one batch: timesteps and noise from ``generator``."""
         model = self.model
         clean = [z.to(self.device) for z in batch.latents]
         tokens = [int(z.shape[-2] * z.shape[-1]) // 4 for z in clean]
@@ -142,11 +169,25 @@ class Trainer:
         self.last_packed = packed
         with torch.autocast(self.device.type, self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):  # fmt: skip
-            out = model.forward_packed(packed)
+            out = self.forward_module(packed)
         pred = model.unpack(packed, out.float())
-        loss = per_sample_loss(pred, target).mean()
-        loss.backward()
-        return loss.detach()
+        return per_sample_loss(pred, target)
+
+    def forward_backward_step(self, batch: EncodedBatch, generator: torch.Generator) -> Tensor:
+        """Loss of one batch and its backward; returns the global mean loss of the step.
+
+        The objective is the mean over *all* ranks' samples: ranks hold different numbers of
+        samples (token-budget batches), so each rank's loss is its sum times ``world_size /
+        global count`` and data parallelism's gradient average turns that into the global mean.
+        """
+        losses = self.per_sample_losses(batch, generator)
+        total = torch.tensor([len(losses), float(losses.detach().sum())], dtype=torch.float64)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)
+        (losses.sum() * (self.world_size / total[0].item())).backward()
+        return total[1] / total[0]
 
     def train_step(self, batch: EncodedBatch) -> dict[str, float]:
         """Zero grads, forward/backward, clip, AdamW step, lr schedule, EMA."""

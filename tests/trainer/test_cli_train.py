@@ -83,3 +83,13 @@ def test_bad_stage_and_overrides_are_named(toy, tmp_path):
     (tmp_path / "curriculum.toml").write_text("[[stages]]\nfile = 'a.toml'\n")
     result = runner.invoke(app, ["train", str(tmp_path / "curriculum.toml")])
     assert result.exit_code == 2 and "curriculum" in said(result)
+
+
+def test_module_entry_point_has_every_command():
+    """``python -m pipelines.cli`` sees the commands other modules register (train, merge...)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    assert all(name in out for name in ("train", "cache-latents", "merge", "sample", "kg"))
