@@ -227,6 +227,9 @@ class Trainer:
 
         from trainer.checkpoint import export_final, latest_checkpoint, load_state, save
 
+        if self.world_size > 1:  # one writer, skips agreed across ranks: the Ray backend's loop
+            raise NotImplementedError("fit() is the single-process loop; multi-rank training "
+                                      "runs through the Ray backend (issue 11)")  # fmt: skip
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = latest_checkpoint(self.out)
         if resumed is not None:
