@@ -27,7 +27,7 @@ from torch import Tensor
 
 from infra.storage import write_bytes_atomic, write_parquet_atomic
 from trainer.config import CAPTION_COLUMNS, DataConfig, EncoderConfig
-from trainer.data import Example, Manifest, StageData, Step, _decode
+from trainer.data import Example, Manifest, StageData, _decode
 from trainer.encoders import EncodedBatch, Encoders
 
 SETTINGS = "_cache.json"
@@ -186,6 +186,3 @@ class CachedEncoders:
             captions.append(pieces if task == "i2i" else pieces[0])
         return EncodedBatch(task, latents, captions, refs if task == "i2i" else None,
                             tuple(kept))  # fmt: skip
-
-
-__all__ = ["CachedEncoders", "Step", "build_cache"]

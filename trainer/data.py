@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +45,7 @@ from trainer.config import CAPTION_COLUMNS, DataConfig
 MANIFEST_FORMAT = "zfoundry.manifest/1"
 TEMPLATE_TOKENS = 12  # chat-template tokens around a caption (Qwen3: ~10), for budgeting
 CHARS_PER_TOKEN = 3  # conservative caption length estimate before tokenisation
+IMAGE_COLUMNS = ("image", "source_image")
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,10 @@ class StageData:
         examples, skipped = [], []
         for pos in step.batches[rank]:
             shard, index = int(self.index["shard"][pos]), int(self.index["row"][pos])
-            record = self._table(shard).slice(index, 1).to_pylist()[0]
+            row = self._table(shard).slice(index, 1)
+            if not decode:  # training from a cache: only the texts are needed, not the bytes
+                row = row.drop_columns([c for c in IMAGE_COLUMNS if c in row.column_names])
+            record = row.to_pylist()[0]
             size = (int(self.index["width"][pos]), int(self.index["height"][pos]))
             image = source = None
             text, kind = self._text(record, step.task, rng)  # drawn even for skipped rows
@@ -263,11 +266,3 @@ def _decode(data: bytes | None, size: tuple[int, int]) -> Tensor:
         rgb = resize_crop(im, size)
     x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0)
     return x.permute(2, 0, 1).contiguous()
-
-
-def steps_per_epoch_hint(data: StageData) -> int:
-    """Number of steps of epoch 0 (for progress bars)."""
-    return len(data.plan(0))
-
-
-__all__ = ["Example", "Manifest", "StageData", "Step", "math"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,6 @@ from trainer.config import StageConfig
 from trainer.data import Manifest, StageData, Step
 from trainer.encoders import EncodedBatch, Encoders
 from trainer.flow import interpolate, per_sample_loss, sample_times
-
-CHECKPOINT_PREFIX = "step-"
 
 
 class PackedForward(nn.Module):
@@ -237,7 +234,7 @@ class Trainer:
         total = self.config.steps
         bar = tqdm(total=total, initial=self.global_step, desc=f"train {self.config.name}",
                    disable=not progress, unit="step")  # fmt: skip
-        window: dict[str, float] = {"samples": 0, "tokens": 0, "slots": 0, "time": 0.0}
+        window = dict.fromkeys(("samples", "tokens", "slots", "time"), 0.0)
         last: dict[str, float] = {}
         skipped_total = 0
         while self.global_step < total:
@@ -266,8 +263,7 @@ class Trainer:
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             if self.global_step % self.config.log_every == 0 or self.global_step == total:
                 last = self._log(metrics, window, step)
-                window = dict.fromkeys(window, 0)
-                window["time"] = 0.0
+                window = dict.fromkeys(window, 0.0)
             every = self.config.checkpoint_every
             if every and self.global_step % every == 0 and self.global_step < total:
                 save(self)
@@ -315,6 +311,3 @@ def _transformer_folder(path: str) -> Path:
     if (root / "final" / "transformer").is_dir():
         return root / "final" / "transformer"
     return root
-
-
-__all__ = ["Trainer", "lr_lambda", "shutil", "step_generator"]

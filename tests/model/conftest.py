@@ -127,8 +127,8 @@ PIPE_TRANSFORMER = {
 SIGLIP_DIM = 24
 
 
-def train_tokenizer():
-    """A byte-level BPE tokenizer trained on ``CORPUS`` with Qwen's special tokens."""
+def train_tokenizer(corpus: list[str] = CORPUS, vocab_size: int = 320):
+    """A byte-level BPE tokenizer trained on ``corpus`` with Qwen's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -136,12 +136,12 @@ def train_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<|endoftext|>",

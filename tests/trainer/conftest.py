@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from curation.edit_pairs import import_pairs
 from curation.select import Recipe, Sampling, select
 from tests.helpers import ingest_folders, profile
-from tests.model.conftest import QWEN3_CHAT_TEMPLATE, SPECIAL_TOKENS
+from tests.model.conftest import tiny_text_encoder, train_tokenizer
 from trainer.config import DataConfig, EncoderConfig, ModelConfig, OptimConfig, StageConfig
 from trainer.flow import TimestepConfig
 from trainer.synthetic import DatasetInfo, write_dataset
@@ -33,39 +32,9 @@ def text_encoder_folder(path: Path, texts: list[str]) -> Path:
     """``path/text_encoder`` (tiny random Qwen3), ``path/tokenizer`` (BPE trained on texts) and
     ``path/scheduler`` (flow-matching Euler, no shift): a Z-Image pipeline folder without VAE,
     enough for the pixel latent space."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        padding_side="right",
-        chat_template=QWEN3_CHAT_TEMPLATE,
-    )
-    torch.manual_seed(1)
-    config = Qwen3Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=len(fast),
-        max_position_embeddings=1024,
-    )
-    Qwen3Model(config).eval().save_pretrained(path / "text_encoder")
-    fast.save_pretrained(path / "tokenizer")
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    tiny_text_encoder(len(tokenizer)).save_pretrained(path / "text_encoder")
+    tokenizer.save_pretrained(path / "tokenizer")
     from diffusers import FlowMatchEulerDiscreteScheduler  # for sampling the trained models
 
     FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(path / "scheduler")
