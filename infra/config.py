@@ -18,6 +18,7 @@ Conventions (after torchtitan's ``job_config.py``):
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -25,7 +26,7 @@ import itertools
 import textwrap
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -257,27 +258,16 @@ def load_toml(
         _BASE_DIR.reset(token)
 
 
-def _load_toml(cls: type[T], path: str | Path, section: str | None, overrides: dict) -> T:
-    source = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data: Any = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("config file not found", source=source) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"invalid TOML: {err}", source=source) from None
-    except OSError as err:
-        raise ConfigError(f"cannot read config file: {err.strerror}", source=source) from None
-    if section is not None:
-        data = data.get(section, {})
-        if not isinstance(data, dict):
-            raise ConfigError(f"expected table, got {_describe(data)}", source=source, key=section)
+def apply_overrides(cls: type, data: dict, overrides: dict[str, Any]) -> None:
+    """Set dotted ``overrides`` (CLI ``--set``) in the raw table ``data`` of ``cls``, in place:
+    each key must name a field of ``cls`` and each value fit its type (errors name ``CLI``);
+    relative paths are made absolute against the working directory (in ``overrides`` too)."""
     for key, value in overrides.items():
         target = _override_type(cls, key)
         pathlike = isinstance(target, type) and issubclass(target, PurePath | Location)
         if pathlike and isinstance(value, str | PurePath) and "://" not in str(value):
             overrides[key] = value = str(Path(value).resolve())  # CLI paths: relative to cwd
-        _coerce(_override_type(cls, key), value, "CLI", key)  # type errors name the CLI
+        _coerce(target, value, "CLI", key)  # type errors name the CLI
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
@@ -285,6 +275,40 @@ def _load_toml(cls: type[T], path: str | Path, section: str | None, overrides: d
             node[part] = dict(child) if isinstance(child, dict) else {}
             node = node[part]
         node[leaf] = value
+
+
+@contextlib.contextmanager
+def paths_relative_to(path: str | Path) -> Iterator[None]:
+    """Within the block, ``from_dict`` takes relative paths relative to file ``path``'s folder."""
+    token = _BASE_DIR.set(Path(path).resolve().parent)
+    try:
+        yield
+    finally:
+        _BASE_DIR.reset(token)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML file as a dict; ``ConfigError`` (naming the file) when missing or invalid."""
+    source = str(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config file not found", source=source) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"invalid TOML: {err}", source=source) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file: {err.strerror}", source=source) from None
+
+
+def _load_toml(cls: type[T], path: str | Path, section: str | None, overrides: dict) -> T:
+    source = str(path)
+    data: Any = read_toml(path)
+    if section is not None:
+        data = data.get(section, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected table, got {_describe(data)}", source=source, key=section)
+    apply_overrides(cls, data, overrides)
     try:
         return from_dict(cls, data, source=source, path=section or "")
     except ConfigError as err:  # a __post_init__ check failing on an overridden value

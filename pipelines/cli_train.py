@@ -12,66 +12,80 @@ from pipelines.cli import _fail, _parse_set, app, console
 
 EXAMPLES = """Examples:
 
-  zfoundry train stage.toml                       (the stage's backend, default local)
+  zfoundry train stage.toml                       (the stage's backend, default ray)
 
   zfoundry train stage.toml --backend local --steps 200 --set optim.lr=3e-4
+
+  zfoundry train curriculum.toml --set ray.num_workers=4   (lowres -> omni -> sft)
 
   zfoundry cache-latents stage.toml --out cache/lowres
   zfoundry train stage.toml --set data.cache=cache/lowres
 
 A stage file names the manifest (from zfoundry select), the model preset or pretrained
-transformer, the encoders' pipeline folder and the optimiser settings; see docs/training.md.
-Re-running the same command resumes from the newest complete checkpoint in `out`.
+transformer, the encoders' pipeline folder and the optimiser settings; a curriculum file lists
+stages ([[stages]]) that start from each other's final weights; see docs/training.md.
+Re-running the same command skips finished stages and resumes from the newest checkpoint.
 """
 
 
 @app.command(epilog=EXAMPLES)
 def train(
-    stage: Annotated[Path, typer.Argument(help="Stage TOML (trainer.config.StageConfig).")],
+    stage: Annotated[
+        Path,
+        typer.Argument(
+            help="Stage TOML (trainer.config.StageConfig) or curriculum TOML ([[stages]], "
+            "trainer.curriculum)."
+        ),
+    ],
     backend: Annotated[
-        str | None, typer.Option(help="Training backend (default: the stage's, 'local').")
+        str | None, typer.Option(help="Training backend: ray or local (default: the file's, ray).")
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Override the stage's steps.")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Override the stage's steps (not for a curriculum).")
+    ] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override a stage field: KEY=VALUE (dotted, TOML value)."),
+        typer.Option(
+            "--set",
+            help="Override a stage field: KEY=VALUE (dotted, TOML value); in a curriculum, "
+            "every stage's (backend and ray.* the curriculum's).",
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train one stage on its manifest's shards; writes checkpoints and metrics to `out`."""
+    """Train one stage, or a curriculum of stages in order, on its manifests' shards; writes
+    checkpoints, metrics and the final weights to `out` and resumes where a run stopped."""
     from infra.config import ConfigError
     from trainer.config import load_stage
-    from trainer.registry import get_backend
+    from trainer.curriculum import is_curriculum, load_curriculum
+    from trainer.registry import get_backend, run_curriculum
 
     try:
         overrides = _parse_set(set_ or [])
         if backend is not None:
             overrides["backend"] = backend
-        if steps is not None:
-            overrides["steps"] = steps
-        _reject_curriculum(stage)
-        config = load_stage(stage, overrides)
+        if is_curriculum(stage):
+            if steps is not None:
+                raise ValueError("--steps names one stage's steps; in a curriculum, set each "
+                                 "stage's steps in the file")  # fmt: skip
+            curriculum = load_curriculum(stage, overrides)
+        else:
+            config = load_stage(stage, overrides | ({"steps": steps} if steps else {}))
     except (ConfigError, ValueError) as err:
         _fail(err)
-    console.print(f"stage [bold]{config.name}[/bold] on backend {config.backend!r} "
-                  f"-> {config.out}")  # fmt: skip
     try:
-        summary = get_backend(config.backend).run(config)
+        if is_curriculum(stage):
+            names = " -> ".join(s.name for s in curriculum.stages)
+            console.print(f"curriculum [bold]{names}[/bold] on backend "
+                          f"{curriculum.backend!r} -> {curriculum.out}")  # fmt: skip
+            summary = run_curriculum(curriculum)
+        else:
+            console.print(f"stage [bold]{config.name}[/bold] on backend {config.backend!r} "
+                          f"-> {config.out}")  # fmt: skip
+            summary = get_backend(config.backend).run(config)
     except (FileNotFoundError, ValueError) as err:
         _fail(err)
     print(json.dumps(summary, sort_keys=True))
-
-
-def _reject_curriculum(path: Path) -> None:
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return  # load_stage reports it with the file named
-    if "stages" in data:
-        raise ValueError(f"{path}: curriculum files ([[stages]]) run on the Ray backend, which "
-                         "is not available yet; train each stage file on its own")  # fmt: skip
 
 
 @app.command("cache-latents")

@@ -3,8 +3,9 @@
 ``out/checkpoints/step-NNNNNNN/``:
 
 * ``state.pt``: model and optimizer state dicts, the lr scheduler, the EMA weights, the global
-  step and the data position (epoch, step within the epoch) -- everything the next step
-  depends on (noise and caption draws are seeded by the step, see ``trainer.trainer``);
+  step, the data position (epoch, step within the epoch) and the number of ranks whose plan it
+  is a position in -- everything the next step depends on (noise and caption draws are seeded
+  by the step, see ``trainer.trainer``);
 * ``transformer/``: the EMA weights (the raw weights with ``ema_decay = 0``) as
   ``S3DiT.save_pretrained`` writes them: ``config.json`` + safetensors, loadable by
   ``S3DiT.from_pretrained``, diffusers' ``ZImageTransformer2DModel`` and ``zfoundry sample``;
@@ -59,6 +60,7 @@ def save(trainer: Trainer) -> Path:
         "epoch": trainer.epoch,
         "step_in_epoch": trainer.step_in_epoch,
         "stage": trainer.config.name,
+        "world_size": trainer.world_size,  # the data position is a position in that plan
     }
     torch.save(state, tmp / "state.pt")
     export_transformer(trainer, tmp / "transformer")
@@ -89,6 +91,12 @@ def load_state(trainer: Trainer, folder: Path) -> None:
     if state["stage"] != trainer.config.name:
         raise ValueError(f"{folder} belongs to stage {state['stage']!r}, not "
                          f"{trainer.config.name!r}; use another out folder")  # fmt: skip
+    written_by = state.get("world_size", 1)
+    if written_by != trainer.world_size:
+        raise ValueError(f"{folder} was written by {written_by} rank(s) and its data position "
+                         f"belongs to that plan; resume it with {written_by} worker(s), or "
+                         "start a new out folder from its transformer/ "
+                         "(model.pretrained)")  # fmt: skip
     trainer._bare_model().load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])

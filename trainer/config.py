@@ -189,6 +189,45 @@ class OptimConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RayConfig:
+    """The ``ray`` backend: Ray Train's ``ScalingConfig`` and ``RunConfig`` for one stage."""
+
+    address: str = ""
+    """Ray cluster to join (``auto``, ``ray://host:10001``); empty: ``RAY_ADDRESS`` when set,
+    else a local instance on this machine."""
+    num_workers: int = 2
+    """Training workers (data-parallel ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL, bf16 autocast); CPU workers use gloo and DDP."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; the worker's torch threads (at least 1)."""
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    """Extra custom resources per worker (e.g. ``{"accelerator_type:H100" = 0.001}``)."""
+    storage: str = ""
+    """Run storage (``s3://bucket/runs``, ``gs://...``, a path). Empty: ``out``'s parent, so
+    ``out`` is the run's folder in storage. Set: ``out`` is a local staging folder and every
+    checkpoint (with ``metrics.jsonl``) and ``final/`` are uploaded to ``storage/<out name>``."""
+    max_failures: int = 1
+    """Worker-group failures retried from the last checkpoint (-1: unlimited)."""
+    num_to_keep: int = 0
+    """Checkpoints kept in storage (0: all; the newest is never deleted)."""
+    poll_interval_s: float = 0.5
+    """How often Ray Train's controller collects reports (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``
+    when unset); a report waits for the previous one to be collected."""
+    collective_timeout_s: int = 600
+    """The process group's timeout: a rank stuck in a collective fails after this long."""
+
+    def __post_init__(self) -> None:
+        require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
+        require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
+        require(self.max_failures >= -1, "max_failures", self.max_failures, "must be >= -1")
+        require(self.num_to_keep >= 0, "num_to_keep", self.num_to_keep, "must be >= 0")
+        require(self.poll_interval_s > 0, "poll_interval_s", self.poll_interval_s, "must be > 0")
+        require(self.collective_timeout_s > 0, "collective_timeout_s",
+                self.collective_timeout_s, "must be > 0")  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
 class StageConfig:
     """One training stage: what to train on, what to train, how, and where to write."""
 
@@ -198,8 +237,9 @@ class StageConfig:
     """``manifest.json`` written by ``zfoundry select`` (path or URI)."""
     out: Path
     """Output folder: ``metrics.jsonl``, ``checkpoints/step-N/``, ``final/transformer``."""
-    backend: str = "local"
-    """Training backend (``trainer.registry``): ``local`` (in-process)."""
+    backend: str = "ray"
+    """Training backend (``trainer.registry``): ``ray`` (Ray Train workers, ``[ray]``) or
+    ``local`` (this process, one device)."""
     steps: int = 1000
     """Optimizer steps."""
     seed: int = 0
@@ -217,6 +257,7 @@ class StageConfig:
     data: DataConfig = field(default_factory=DataConfig)
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         require(bool(self.name.strip()), "name", self.name, "must not be empty")

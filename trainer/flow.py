@@ -35,7 +35,6 @@ import torch
 from torch import Tensor
 
 from infra.config import require
-from model.sampler import calculate_shift
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +72,8 @@ class TimestepConfig:
         """``e^mu`` for a sample with ``image_tokens`` target tokens."""
         if self.shift != "dynamic":
             return float(self.shift)
+        from model.sampler import calculate_shift  # (lazy: model imports diffusers)
+
         mu = calculate_shift(
             image_tokens, self.base_seq_len, self.max_seq_len, self.base_shift, self.max_shift
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,75 +220,157 @@ class Trainer:
             self.epoch, self.step_in_epoch, self._plan = self.epoch + 1, 0, None
 
     # -- loop --------------------------------------------------------------------------------
-    def fit(self, progress: bool = True) -> dict[str, Any]:
+    def planned_steps(self) -> Iterator[Step]:
+        """The local backend's step source: ``next_step`` forever."""
+        while True:
+            yield self.next_step()
+
+    def resume(self) -> str | None:
+        """The local backend's resume: the newest complete checkpoint in ``out``."""
+        from trainer.checkpoint import latest_checkpoint, load_state
+
+        folder = latest_checkpoint(self.out)
+        if folder is None:
+            return None
+        load_state(self, folder)
+        return str(folder)
+
+    def fit(
+        self,
+        progress: bool = True,
+        *,
+        steps: Iterable[Step] | None = None,
+        resume: Callable[[], str | None] | None = None,
+        report: Callable[[dict[str, Any], Path | None], None] | None = None,
+        bar: Callable[..., Any] | None = None,
+    ) -> dict[str, Any]:
+        """Train until ``config.steps``; the loop every backend shares.
+
+        The defaults are the local backend's: resume with ``self.resume``, take steps from
+        ``planned_steps``, report nothing. A backend passes its own: ``steps`` yields this
+        rank's steps in plan order (steps before the resumed position are passed over),
+        ``resume()`` loads a checkpoint and says which, ``report(row, checkpoint)`` is called
+        on every rank on the same steps (logged or checkpointed ones) with the folder rank 0
+        wrote (None elsewhere), and ``bar`` makes the progress bar (tqdm's signature).
+
+        With ``world_size > 1`` every rank runs ``fit`` in step: rank 0 alone writes metrics
+        and checkpoints, metrics are summed (time: the slowest rank) across ranks, and a step
+        where any rank has no decodable example is skipped by all of them.
+        """
         from tqdm.auto import tqdm
 
-        from trainer.checkpoint import export_final, latest_checkpoint, load_state, save
+        from trainer.checkpoint import export_final, save
 
-        if self.world_size > 1:  # one writer, skips agreed across ranks: the Ray backend's loop
-            raise NotImplementedError("fit() is the single-process loop; multi-rank training "
-                                      "runs through the Ray backend (issue 11)")  # fmt: skip
-        self.out.mkdir(parents=True, exist_ok=True)
-        resumed = latest_checkpoint(self.out)
-        if resumed is not None:
-            load_state(self, resumed)
-        total = self.config.steps
-        bar = tqdm(total=total, initial=self.global_step, desc=f"train {self.config.name}",
-                   disable=not progress, unit="step")  # fmt: skip
-        window = dict.fromkeys(("samples", "tokens", "slots", "time"), 0.0)
-        last: dict[str, float] = {}
-        skipped_total = 0
-        while self.global_step < total:
+        lead = self.rank == 0
+        if lead:
+            self.out.mkdir(parents=True, exist_ok=True)
+        resumed = (resume or self.resume)()
+        if lead:  # lines a killed run wrote after its last checkpoint
+            _trim(self.out / "metrics.jsonl", lambda r: r["step"] <= self.global_step)
+            _trim(self.out / "skipped.jsonl", lambda r: r["step"] < self.global_step)
+        self._barrier()
+        total, every = self.config.steps, self.config.checkpoint_every
+        position = (self.epoch, self.step_in_epoch)
+        progress_bar = (bar or tqdm)(total=total, initial=self.global_step, unit="step",
+                                     desc=f"train {self.config.name}",
+                                     disable=not (progress and lead))  # fmt: skip
+        window = np.zeros(4)  # samples, real tokens, token slots, seconds
+        last: dict[str, Any] = {}
+        skipped_here = 0
+        for step in self.planned_steps() if steps is None else steps:
+            if self.global_step >= total:
+                break
+            if (step.epoch, step.index) < position:
+                continue  # consumed before the checkpoint we resumed from
             start = time.perf_counter()
-            step = self.next_step()
+            self.epoch, self.step_in_epoch = step.epoch, step.index + 1
             examples, skipped = self.data.load(step, self.rank, decode=not self.config.data.cache)
             batch = self.encoders.encode(examples) if examples else None
             skipped += getattr(self.encoders, "skipped", [])
             if hasattr(self.encoders, "skipped"):
                 self.encoders.skipped = []
             if skipped:
-                skipped_total += len(skipped)
-                with open(self.out / "skipped.jsonl", "a") as fh:
-                    for row in skipped:
-                        fh.write(json.dumps({**row, "step": self.global_step}) + "\n")
-            if batch is None or not len(batch):
-                continue
+                skipped_here += len(skipped)
+                extra = {"rank": self.rank} if self.world_size > 1 else {}
+                rows = [{**row, "step": self.global_step, **extra} for row in skipped]
+                _append(self.out / "skipped.jsonl", rows)
+            if self._reduce([len(batch) if batch is not None else 0], "min")[0] == 0:
+                continue  # some rank has nothing to train on: every rank skips the step
             metrics = self.train_step(batch)
             self.global_step += 1
             real, slots = _token_counts(self.last_packed)
-            window["samples"] += len(batch)
-            window["tokens"] += real
-            window["slots"] += slots
-            window["time"] += time.perf_counter() - start
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if self.global_step % self.config.log_every == 0 or self.global_step == total:
-                last = self._log(metrics, window, step)
-                window = dict.fromkeys(window, 0.0)
-            every = self.config.checkpoint_every
-            if every and self.global_step % every == 0 and self.global_step < total:
-                save(self)
-        bar.close()
-        final = save(self)
-        export_final(self, final)
-        return {"stage": self.config.name, "steps": self.global_step, "checkpoint": str(final),
-                "final": str(self.out / "final"), "skipped": skipped_total,
-                "resumed_from": str(resumed) if resumed else None, **last}  # fmt: skip
+            window += (len(batch), real, slots, time.perf_counter() - start)
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            gs = self.global_step
+            log = gs % self.config.log_every == 0 or gs == total
+            keep = gs == total or bool(every and gs % every == 0)
+            if not (log or keep):
+                continue
+            row: dict[str, Any] = {"step": gs, "epoch": step.epoch, **metrics, "task": step.task}
+            if log:
+                row |= self._throughput(window)
+                window[:] = 0
+                if lead:
+                    _append(self.out / "metrics.jsonl", [row])
+                last = row
+            checkpoint = save(self) if keep and lead else None
+            if report is not None:
+                report(row, checkpoint)
+        progress_bar.close()
+        if self.global_step < total:
+            raise RuntimeError(f"the data plan ran out at step {self.global_step} of {total} "
+                               "(too many steps without a decodable example)")  # fmt: skip
+        skipped_total = int(self._reduce([skipped_here], "sum")[0])
+        summary = {"stage": self.config.name, "steps": self.global_step,
+                   "final": str(self.out / "final"), "skipped": skipped_total,
+                   "world_size": self.world_size, "resumed_from": resumed, **last}  # fmt: skip
+        if lead:
+            final = save(self)  # the last step's checkpoint: already written, returned as is
+            export_final(self, final)
+            summary["checkpoint"] = str(final)
+        self._barrier()  # final/ is written before any rank moves on
+        return summary
 
-    def _log(self, metrics: dict[str, float], window: dict[str, float], step: Step) -> dict:
-        seconds = max(window["time"], 1e-9)
-        row = {
-            "step": self.global_step,
-            "epoch": step.epoch,
-            **metrics,
-            "samples_per_s": window["samples"] / seconds,
-            "tokens_per_s": window["tokens"] / seconds,
-            "padding_fraction": 1 - window["tokens"] / max(1, window["slots"]),
-            "task": step.task,
+    def _throughput(self, window: np.ndarray) -> dict[str, float]:
+        samples, real, slots = self._reduce(window[:3], "sum")
+        seconds = max(float(self._reduce(window[3:], "max")[0]), 1e-9)
+        return {
+            "samples_per_s": float(samples) / seconds,
+            "tokens_per_s": float(real) / seconds,
+            "padding_fraction": 1 - float(real) / max(1.0, float(slots)),
         }
-        with open(self.out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        return row
+
+    def _reduce(self, values, op: str) -> np.ndarray:
+        """``values`` reduced over the ranks (``sum``, ``min`` or ``max``)."""
+        x = torch.tensor(np.asarray(values, np.float64))
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+            dist.all_reduce(x, op=ops[op])
+        return x.numpy()
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    with open(path, "a") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def _trim(path: Path, keep: Callable[[dict], bool]) -> None:
+    """Keep the lines of a JSON-lines file that ``keep`` accepts (tmp + rename)."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and keep(json.loads(ln))]
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(ln + "\n" for ln in lines))
+    tmp.replace(tmp.with_name(path.name))
 
 
 def _token_counts(packed) -> tuple[int, int]:

@@ -76,3 +76,83 @@ def stage(toy: Toy, out: Path, **changes) -> StageConfig:
         "optim": OptimConfig(**optim),
     }
     return StageConfig(**{**base, **changes})
+
+
+CURRICULUM = """
+out = "run"
+backend = "{backend}"
+
+[ray]
+num_workers = 2
+poll_interval_s = 0.2
+
+[defaults]
+manifest = "{manifest}"
+steps = 4
+log_every = 1
+checkpoint_every = 2
+encoders = {{ pipeline = "{pipeline}", latent_space = "pixel" }}
+timesteps = {{ shift = "1" }}
+optim = {{ lr = 1e-3, warmup_steps = 2, ema_decay = 0.99 }}
+
+[[stages]]
+name = "lowres"                      # text-to-image only
+data = {{ token_budget = 1024, t2i_i2i_ratio = [1, 0] }}
+
+[[stages]]
+name = "omni"                        # text-to-image and editing pairs, 4:1
+data = {{ token_budget = 1024 }}
+"""
+
+
+def write_curriculum(toy: Toy, root: Path, backend: str = "ray") -> Path:
+    """A two-stage curriculum (lowres -> omni) on the toy shards, writing to ``root/run``."""
+    root.mkdir(parents=True, exist_ok=True)
+    text = CURRICULUM.format(backend=backend, manifest=toy.manifest, pipeline=toy.pipeline)
+    (root / "curriculum.toml").write_text(text)
+    return root / "curriculum.toml"
+
+
+@dataclass(frozen=True)
+class DDPRuns:
+    grads: Path  # rank 0's gradient of one step (tests/trainer/test_parallel.py)
+    curriculum: Path  # the curriculum trained by the same two ranks (the Ray backend's reference)
+
+
+def _spawned(rank: int, world: int, init_file: str, grad_config, grad_out: str, cur: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from trainer.curriculum import load_curriculum
+    from trainer.trainer import Trainer, step_generator
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)  # as each Ray worker with cpus_per_worker = 1
+        trainer = Trainer(grad_config, rank=rank, world_size=world)
+        step = trainer.next_step()
+        examples, _ = trainer.data.load(step, rank)
+        batch = trainer.encoders.encode(examples)
+        loss = trainer.forward_backward_step(batch, step_generator(grad_config.seed, 0, rank))
+        if rank == 0:
+            grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()
+                     if p.grad is not None}  # fmt: skip
+            torch.save({"grads": grads, "loss": float(loss), "n": len(examples)}, grad_out)
+        for config in load_curriculum(cur).stages:  # Trainer.fit on two ranks, no Ray
+            Trainer(config, rank=rank, world_size=world).fit(progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def ddp_runs(toy, tmp_path_factory) -> DDPRuns:
+    """Two gloo processes (torch.multiprocessing, no Ray): one DDP step for the gradient test,
+    then the two-stage curriculum with ``Trainer.fit`` on both ranks."""
+    import torch.multiprocessing as mp
+
+    root = tmp_path_factory.mktemp("ddp")
+    grad_config = stage(toy, root / "grad", data={"token_budget": 2048, "caption_dropout": 0.0})
+    cur = write_curriculum(toy, root / "curriculum", backend="local")
+    args = (2, str(root / "init"), grad_config, str(root / "rank0.pt"), str(cur))
+    mp.spawn(_spawned, args=args, nprocs=2, join=True)
+    return DDPRuns(grads=root / "rank0.pt", curriculum=cur)

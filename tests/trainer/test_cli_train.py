@@ -1,14 +1,20 @@
-"""``zfoundry train`` / ``zfoundry cache-latents`` on a stage TOML over curated shards."""
+"""``zfoundry train`` / ``zfoundry cache-latents`` on a stage or curriculum TOML over curated
+shards (the local backend; the ray backend: test_ray_backend.py)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from model import S3DiT
 from pipelines.cli import app
+from tests.trainer.conftest import write_curriculum
+from trainer.curriculum import load_curriculum
+from trainer.trainer import Trainer
 
 runner = CliRunner()
 
@@ -19,6 +25,7 @@ def _stage_file(toy, tmp_path, extra: str = "") -> str:
 name = "toy"
 manifest = "{toy.manifest}"
 out = "out"
+backend = "local"                    # (the ray backend: tests/trainer/test_ray_backend.py)
 steps = 3
 log_every = 1
 {extra}
@@ -80,9 +87,6 @@ def test_bad_stage_and_overrides_are_named(toy, tmp_path):
     assert result.exit_code == 2 and "CLI: optim.lr: must be > 0" in said(result)
     result = runner.invoke(app, ["train", stage, "--backend", "slurm"])
     assert result.exit_code == 2 and "backend" in said(result) and "local" in said(result)
-    (tmp_path / "curriculum.toml").write_text("[[stages]]\nfile = 'a.toml'\n")
-    result = runner.invoke(app, ["train", str(tmp_path / "curriculum.toml")])
-    assert result.exit_code == 2 and "curriculum" in said(result)
 
 
 def test_module_entry_point_has_every_command():
@@ -93,3 +97,57 @@ def test_module_entry_point_has_every_command():
     out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
     assert all(name in out for name in ("train", "cache-latents", "merge", "sample", "kg"))
+
+
+def test_curriculum_runs_stages_in_order_each_from_the_previous_and_skips_finished_ones(
+    toy, tmp_path
+):
+    cur = write_curriculum(toy, tmp_path, backend="local")
+    result = runner.invoke(app, ["train", str(cur), "--set", "steps=2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lowres, omni = json.loads(result.stdout.strip().splitlines()[-1])
+    assert lowres["steps"] == omni["steps"] == 2 and not omni.get("already_done")
+    curriculum = load_curriculum(cur, {"steps": 2})
+    assert curriculum.stages[1].model.pretrained == str(tmp_path / "run" / "lowres")
+    first = S3DiT.from_pretrained(tmp_path / "run" / "lowres" / "final" / "transformer")
+    trainer = Trainer(curriculum.stages[1])  # omni's starting point: lowres's final weights
+    for (name, a), b in zip(first.state_dict().items(), trainer.model.state_dict().values(),
+                            strict=True):  # fmt: skip
+        assert torch.equal(a, b), name
+    again = runner.invoke(app, ["train", str(cur), "--set", "steps=2", "--no-progress"])
+    assert [s.get("already_done") for s in json.loads(again.stdout.strip().splitlines()[-1])] == [
+        True, True]  # fmt: skip
+    more = runner.invoke(app, ["train", str(cur), "--set", "steps=3", "--no-progress"])
+    lowres, omni = json.loads(more.stdout.strip().splitlines()[-1])  # both resume, one step more
+    assert lowres["resumed_from"].endswith("lowres/checkpoints/step-0000002")
+    assert omni["resumed_from"].endswith("omni/checkpoints/step-0000002")
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ("[[stages]]\nname = 'x'\nbackend = 'local'\n", "stages[2].backend"),
+        ("[[stages]]\nname = 'x'\nmodel = { pretrained = 'a' }\n", "stages[2].model.pretrained"),
+        ("[[stages]]\nname = 'omni'\n", "stages[2].name"),
+        ("[[stages]]\nsteps = 3\n", "stages[2].name"),
+        ("[[stages]]\nname = 'x'\nsteps = 0\n", "stages[2].steps"),
+        ("[[stages]]\nname = 'x'\nout = 'elsewhere'\n", "stages[2].out"),
+        ("[extra]\n", "extra"),
+    ],
+)
+def test_bad_curriculum_fails_at_load_time_naming_the_field(toy, tmp_path, edit, named):
+    cur = write_curriculum(toy, tmp_path)
+    cur.write_text(cur.read_text() + edit)
+    result = runner.invoke(app, ["train", str(cur)])
+    assert result.exit_code == 2 and named in said(result), said(result)
+
+
+def test_curriculum_cli_overrides(toy, tmp_path):
+    cur = write_curriculum(toy, tmp_path)
+    curriculum = load_curriculum(cur, {"optim.lr": 5e-4, "ray.num_workers": 3, "backend": "local"})
+    assert curriculum.backend == "local"
+    assert all(s.optim.lr == 5e-4 and s.ray.num_workers == 3 for s in curriculum.stages)
+    result = runner.invoke(app, ["train", str(cur), "--steps", "3"])
+    assert result.exit_code == 2 and "--steps" in said(result)
+    result = runner.invoke(app, ["train", str(cur), "--set", "ray.num_workers=0"])
+    assert result.exit_code == 2 and "CLI: ray.num_workers" in said(result), said(result)

@@ -1,40 +1,20 @@
 """Data parallelism on CPU: two gloo processes (DDP, applied from outside the model) give the
 gradient of the global mean loss over both ranks' samples, exactly what one process computes
-on the union of the two batches -- although the ranks hold different numbers of samples."""
+on the union of the two batches -- although the ranks hold different numbers of samples.
+The two processes are started by the ``ddp_runs`` fixture (tests/trainer/conftest.py)."""
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from tests.trainer.conftest import stage
 from trainer.data import StageData
 from trainer.trainer import Trainer, step_generator
 
 
-def _rank(rank: int, world: int, init_file: str, config, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        trainer = Trainer(config, rank=rank, world_size=world)
-        step = trainer.next_step()
-        examples, _ = trainer.data.load(step, rank)
-        batch = trainer.encoders.encode(examples)
-        loss = trainer.forward_backward_step(batch, step_generator(config.seed, 0, rank))
-        if rank == 0:
-            grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()
-                     if p.grad is not None}  # fmt: skip
-            torch.save({"grads": grads, "loss": float(loss), "n": len(examples)}, out)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_ddp_gradients_equal_one_process_on_the_union_of_the_batches(toy, tmp_path):
+def test_ddp_gradients_equal_one_process_on_the_union_of_the_batches(toy, tmp_path, ddp_runs):
     config = stage(toy, tmp_path / "out", data={"token_budget": 2048, "caption_dropout": 0.0})
-    out = tmp_path / "rank0.pt"
-    mp.spawn(_rank, args=(2, str(tmp_path / "init"), config, str(out)), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
+    ddp = torch.load(ddp_runs.grads, weights_only=True)  # the two ranks' step, rank 0's grads
 
     ref = Trainer(config)  # one process, the 2-rank plan, both ranks' batches
     ref.data = StageData(ref.manifest, config.data, seed=config.seed, world_size=2)
