@@ -137,7 +137,8 @@ def load_curriculum(path: str | Path, overrides: Mapping[str, Any] | None = None
             if not isinstance(name, str) or not name.strip() or "/" in name:
                 raise ConfigError("every stage needs a name (no '/'): its folder under out",
                                   source=source, key=f"{where}.name")  # fmt: skip
-            merged |= {"out": str(head.out / name), "backend": head.backend, "ray": head.ray}
+            out = Path(head.out).resolve() / name
+            merged |= {"out": str(out), "backend": head.backend, "ray": head.ray}
             with _blame_cli(stage_overrides, where):
                 config = from_dict(StageConfig, merged, source=source, path=where)
             if configs:  # starts from the previous stage's final/transformer
@@ -149,7 +150,7 @@ def load_curriculum(path: str | Path, overrides: Mapping[str, Any] | None = None
         if name in names[:i]:
             raise ConfigError(f"stage name {name!r} is used twice", source=source,
                               key=f"stages[{i}].name")  # fmt: skip
-    return Curriculum(out=Path(head.out), backend=head.backend, stages=tuple(configs))
+    return Curriculum(out=Path(head.out).resolve(), backend=head.backend, stages=tuple(configs))
 
 
 def stage_done(config: StageConfig, location: str = "") -> bool:

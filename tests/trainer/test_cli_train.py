@@ -4,6 +4,7 @@ shards (the local backend; the ray backend: test_ray_backend.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,6 +141,16 @@ def test_bad_curriculum_fails_at_load_time_naming_the_field(toy, tmp_path, edit,
     cur.write_text(cur.read_text() + edit)
     result = runner.invoke(app, ["train", str(cur)])
     assert result.exit_code == 2 and named in said(result), said(result)
+
+
+def test_example_curriculum_loads_lowres_omni_sft():
+    root = Path(__file__).resolve().parents[2]
+    curriculum = load_curriculum(root / "examples" / "curriculum.toml")
+    assert [s.name for s in curriculum.stages] == ["lowres", "omni", "sft"]
+    assert curriculum.out == root / "runs" / "curriculum" and curriculum.backend == "ray"
+    lowres, omni, sft = curriculum.stages
+    assert lowres.data.t2i_i2i_ratio == (1, 0) and omni.data.resolution == "tokens"
+    assert omni.model.pretrained == str(lowres.out) and sft.model.pretrained == str(omni.out)
 
 
 def test_curriculum_cli_overrides(toy, tmp_path):

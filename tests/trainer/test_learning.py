@@ -23,7 +23,7 @@ from trainer.data import Manifest
 from trainer.synthetic import CHANCE_COLOUR, accuracy
 from trainer.trainer import Trainer
 
-STEPS, BUDGET, LR, SAMPLING_STEPS, GUIDANCE = 500, 4096, 2e-3, 20, 2.0
+STEPS, BUDGET, LR, SAMPLING_STEPS, GUIDANCE = 400, 4096, 3e-3, 20, 2.0
 
 
 def generate(pipeline_dir, transformer, specs) -> list:
