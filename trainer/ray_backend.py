@@ -162,7 +162,8 @@ def train_worker(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
     from trainer.curriculum import stage_done
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report otherwise
+    for name in ("ray.train.v2._internal.execution.context", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # a line per report / plan read
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg["stages"][0].ray.cpus_per_worker)))  # runs the loop

@@ -1,8 +1,9 @@
 """The trainer: one stage of flow-matching training of the S3-DiT on a curated manifest.
 
 The same class runs in-process (the ``local`` backend) and inside the Ray Train worker
-function (issue 11). Override points, as torchtitan's trainer: ``forward_backward_step``
-(loss of one encoded batch, backward), ``train_step`` (one optimizer step around it).
+function (``trainer.ray_backend``); ``fit`` is the loop both share. Override points, as
+torchtitan's trainer: ``forward_backward_step`` (loss of one encoded batch, backward),
+``train_step`` (one optimizer step around it).
 
 Determinism: the data plan is seeded by ``(seed, epoch)``, each step's caption choices by
 ``(seed, epoch, step, rank)``, and its noise and timesteps by ``(seed, global step, rank)``, so

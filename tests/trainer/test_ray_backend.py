@@ -101,3 +101,22 @@ def test_curriculum_survives_a_killed_worker_and_a_killed_driver_exactly(
                                  "--no-progress"])  # fmt: skip
     assert sample.exit_code == 0, sample.output
     assert Image.open(png).size == (64, 64)  # the exported checkpoint samples (pixel space)
+
+
+def test_each_rank_gets_its_batches_of_the_plan_and_the_same_number_of_steps(toy, tmp_path):
+    from tests.trainer.conftest import stage
+    from trainer.data import Manifest, StageData
+    from trainer.ray_backend import plan_rows
+
+    config = stage(toy, tmp_path / "out", steps=9)
+    rows = plan_rows(config, world_size=2)
+    data = StageData(Manifest.load(str(toy.manifest)), config.data, seed=0, world_size=2)
+    plans = [data.plan(e) for e in range(3)]
+    assert len(plans[0]) < 9 <= len(plans[0]) + len(plans[1])  # two epochs hold the 9 steps ...
+    steps = [s for p in plans for s in p]  # ... and a spare one follows
+    assert len(rows[0]) == len(rows[1]) == len(steps)  # the same number of steps on every rank
+    for rank in (0, 1):
+        assert [(r["epoch"], r["index"], r["task"]) for r in rows[rank]] == [
+            (s.epoch, s.index, s.task) for s in steps]  # fmt: skip
+        assert all(r["rows"] == s.batches[rank].tolist()
+                   for r, s in zip(rows[rank], steps, strict=True))  # fmt: skip
