@@ -33,7 +33,7 @@ def train(
     stage: Annotated[
         Path,
         typer.Argument(
-            help="Stage TOML (trainer.config.StageConfig) or curriculum TOML ([[stages]], "
+            help="Stage TOML (trainer.config.StageConfig) or curriculum TOML (a list of stages, "
             "trainer.curriculum)."
         ),
     ],

@@ -190,7 +190,7 @@ def _train_stage(
     from ray.train.torch import get_device
 
     from infra.storage import resolve_uri
-    from trainer.checkpoint import latest_checkpoint, load_state
+    from trainer.checkpoint import load_state
     from trainer.data import Step
     from trainer.trainer import Trainer
 
@@ -202,17 +202,16 @@ def _train_stage(
     faults = _Fault.parse(cfg["fault"], config)
 
     def resume() -> str | None:
-        checkpoint = train.get_checkpoint()  # the run's newest: maybe an earlier stage's
+        checkpoint = train.get_checkpoint()  # the run's newest: maybe another stage's
         here = resolve_uri(location)[1] if location else str(config.out)
         if checkpoint is None or not checkpoint.path.startswith(f"{here}/checkpoints/"):
-            folder = None if location else latest_checkpoint(trainer.out)  # e.g. a local run's
-            if folder is not None:
-                load_state(trainer, folder)
-            return str(folder) if folder else None
+            checkpoint = _stage_checkpoint(location or str(config.out))  # this stage's newest
+            if checkpoint is None:
+                return None
         with checkpoint.as_directory() as folder:
             load_state(trainer, Path(folder))
             metrics = Path(folder) / "metrics.jsonl"
-            if rank == 0 and location and metrics.is_file():  # a fresh staging folder
+            if rank == 0 and location and metrics.is_file():  # e.g. a fresh staging folder
                 trainer.out.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(metrics, trainer.out / "metrics.jsonl")
         return checkpoint.path
@@ -319,6 +318,26 @@ def absolute_paths(config: StageConfig) -> StageConfig:
         data=dataclasses.replace(config.data, cache=local(config.data.cache)),
         model=dataclasses.replace(config.model, pretrained=local(config.model.pretrained)),
     )
+
+
+def _stage_checkpoint(stage_dir: str):
+    """The newest complete ``checkpoints/step-N`` of a stage folder (a path or a storage URI):
+    where a stage resumes when Ray's newest checkpoint is another stage's (a finished stage
+    given more steps) or Ray has none (a run of the local backend, a deleted snapshot)."""
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+
+    from infra.storage import resolve_uri
+    from trainer.checkpoint import MARKER
+
+    fs, root = resolve_uri(f"{stage_dir}/checkpoints")
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = sorted((f.base_name for f in found if f.type == pafs.FileType.Directory
+                    and f.base_name.startswith("step-")), reverse=True)  # fmt: skip
+    for name in names:
+        if fs.get_file_info(f"{root}/{name}/{MARKER}").type == pafs.FileType.File:
+            return Checkpoint(f"{root}/{name}", filesystem=fs)
+    return None
 
 
 def _upload(local: Path, uri: str) -> None:

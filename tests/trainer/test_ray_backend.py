@@ -120,3 +120,18 @@ def test_each_rank_gets_its_batches_of_the_plan_and_the_same_number_of_steps(toy
             (s.epoch, s.index, s.task) for s in steps]  # fmt: skip
         assert all(r["rows"] == s.batches[rank].tolist()
                    for r, s in zip(rows[rank], steps, strict=True))  # fmt: skip
+
+
+def test_a_stage_resumes_from_its_own_newest_complete_checkpoint(tmp_path):
+    """When Ray's newest checkpoint is another stage's (a finished stage given more steps) or
+    Ray has none, the stage's own folder (local or in storage) is searched."""
+    from trainer.ray_backend import _stage_checkpoint
+
+    assert _stage_checkpoint(str(tmp_path / "none")) is None
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / "checkpoints" / f"step-{step:07d}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "_COMPLETE").write_text("{}\n")
+    found = _stage_checkpoint(str(tmp_path))
+    assert found.path == str(tmp_path / "checkpoints" / "step-0000004")  # step 6 is half-written
