@@ -32,6 +32,7 @@ from model.s3dit import S3DiT
 from trainer.config import StageConfig
 from trainer.data import Manifest, StageData, Step
 from trainer.encoders import EncodedBatch, Encoders
+from trainer.flops import peak_flops, train_step_flops
 from trainer.flow import interpolate, per_sample_loss, sample_times
 
 
@@ -98,6 +99,7 @@ class Trainer:
         )
         self.ema = [p.detach().clone().float() for p in self.model.parameters()]
         self.global_step, self.epoch, self.step_in_epoch = 0, 0, 0
+        self.peak_flops = peak_flops(self.device)  # bf16 dense peak of a known GPU, or None
         self._plan: list[Step] | None = None
 
     # -- model -------------------------------------------------------------------------------
@@ -275,7 +277,7 @@ class Trainer:
         progress_bar = (bar or tqdm)(total=total, initial=self.global_step, unit="step",
                                      desc=f"train {self.config.name}",
                                      disable=not (progress and lead))  # fmt: skip
-        window = np.zeros(4)  # samples, real tokens, token slots, seconds
+        window = np.zeros(5)  # samples, real tokens, token slots, seconds, model FLOPs
         last: dict[str, Any] = {}
         skipped_here = 0
         for step in self.planned_steps() if steps is None else steps:
@@ -300,7 +302,8 @@ class Trainer:
             metrics = self.train_step(batch)
             self.global_step += 1
             real, slots = _token_counts(self.last_packed)
-            window += (len(batch), real, slots, time.perf_counter() - start)
+            flops = train_step_flops(self._bare_model(), self.last_packed)
+            window += (len(batch), real, slots, time.perf_counter() - start, flops)
             progress_bar.update(1)
             progress_bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             gs = self.global_step
@@ -334,13 +337,19 @@ class Trainer:
         return summary
 
     def _throughput(self, window: np.ndarray) -> dict[str, float]:
-        samples, real, slots = self._reduce(window[:3], "sum")
-        seconds = max(float(self._reduce(window[3:], "max")[0]), 1e-9)
-        return {
+        """Over the ranks: samples, tokens and model FLOPs per second (of the slowest rank's
+        time), padding fraction, and MFU against the device's bf16 peak when it is known."""
+        samples, real, slots, flops = self._reduce(window[[0, 1, 2, 4]], "sum")
+        seconds = max(float(self._reduce(window[3:4], "max")[0]), 1e-9)
+        row = {
             "samples_per_s": float(samples) / seconds,
             "tokens_per_s": float(real) / seconds,
             "padding_fraction": 1 - float(real) / max(1.0, float(slots)),
+            "model_tflops_per_s": float(flops) / seconds / 1e12,
         }
+        if self.peak_flops:
+            row["mfu"] = float(flops) / seconds / (self.peak_flops * self.world_size)
+        return row
 
     def _reduce(self, values, op: str) -> np.ndarray:
         """``values`` reduced over the ranks (``sum``, ``min`` or ``max``)."""

@@ -28,7 +28,7 @@ def test_steps_write_metrics_checkpoints_and_a_loadable_export(toy, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["loss"] > 0 and r["samples_per_s"] > 0 and 0 <= r["padding_fraction"] < 1
-               for r in rows)  # fmt: skip
+               and r["model_tflops_per_s"] > 0 and "mfu" not in r for r in rows)  # fmt: skip
     assert rows[0]["lr"] == pytest.approx(1e-3 / 5)  # warm-up: step 1 of 5
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step-0000002", "step-0000003"]  # fmt: skip
