@@ -16,8 +16,10 @@ A checkpoint is written to ``.tmp-step-N`` and renamed, so readers never see hal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,27 +44,30 @@ def latest_checkpoint(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def save(trainer: Trainer) -> Path:
-    """Write the trainer's state at its current step; returns the folder."""
+def save(trainer: Trainer) -> Path | None:
+    """Write the trainer's state at its current step; returns the folder on rank 0 (None on
+    the other ranks). Call it on every rank: under FSDP2 the full state is gathered from all
+    of them (rank 0 writes it, so a checkpoint looks the same however it was trained)."""
     final = checkpoint_dir(trainer.out, trainer.global_step)
+    if trainer.sharded:
+        return _save_sharded(trainer, final)
+    if trainer.rank != 0:
+        return None
     if (final / MARKER).is_file():
         return final
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model = trainer._bare_model()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
     state = {
         "model": model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
+        "optimizer": get_optimizer_state_dict(model, trainer.optimizer),  # keyed by name
+        "optimizer_format": "fqn",
         "ema": trainer.ema,
-        "global_step": trainer.global_step,
-        "epoch": trainer.epoch,
-        "step_in_epoch": trainer.step_in_epoch,
-        "stage": trainer.config.name,
-        "world_size": trainer.world_size,  # the data position is a position in that plan
     }
-    torch.save(state, tmp / "state.pt")
+    torch.save(state | _position(trainer), tmp / "state.pt")
     export_transformer(trainer, tmp / "transformer")
     (tmp / MARKER).write_text(json.dumps({"step": trainer.global_step}) + "\n")
     shutil.rmtree(final, ignore_errors=True)
@@ -70,24 +75,81 @@ def save(trainer: Trainer) -> Path:
     return final
 
 
-def export_transformer(trainer: Trainer, folder: Path) -> None:
-    """The EMA weights (raw weights when EMA is off) as a diffusers-format folder."""
+def _save_sharded(trainer: Trainer, final: Path) -> Path | None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    lead = trainer.rank == 0
+    if trainer._reduce([float(lead and (final / MARKER).is_file())], "max")[0]:
+        return final if lead else None  # written before (a resumed run): every rank agrees
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # on rank 0, on CPU
+    model, use_ema = trainer.model, trainer.config.optim.ema_decay > 0
+    state = {
+        "model": get_model_state_dict(model, options=full),
+        "optimizer": get_optimizer_state_dict(model, trainer.optimizer, options=full),
+        "optimizer_format": "fqn",
+        "ema": [e.full_tensor().cpu() for e in trainer.ema],
+    }
+    with _ema_weights(trainer, use_ema):
+        weights = get_model_state_dict(model, options=full)
+    if not lead:
+        return None
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state | _position(trainer), tmp / "state.pt")
+    from model.s3dit import S3DiT
+
+    export = S3DiT.from_config(dict(trainer._bare_model().config))
+    export.load_state_dict(weights)
+    export.save_pretrained(tmp / "transformer")
+    (tmp / MARKER).write_text(json.dumps({"step": trainer.global_step}) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def _position(trainer: Trainer) -> dict:
+    return {
+        "scheduler": trainer.scheduler.state_dict(),
+        "global_step": trainer.global_step,
+        "epoch": trainer.epoch,
+        "step_in_epoch": trainer.step_in_epoch,
+        "stage": trainer.config.name,
+        "world_size": trainer.world_size,  # the data position is a position in that plan
+    }
+
+
+@contextlib.contextmanager
+def _ema_weights(trainer: Trainer, use_ema: bool) -> Iterator[None]:
+    """Within the block the model holds its EMA weights (shard by shard under FSDP2)."""
     model = trainer._bare_model()
-    use_ema = trainer.config.optim.ema_decay > 0
     backup = [p.detach().clone() for p in model.parameters()] if use_ema else None
     with torch.no_grad():
         if use_ema:
             for p, e in zip(model.parameters(), trainer.ema, strict=True):
                 p.copy_(e.to(p.dtype))
-        model.save_pretrained(folder)
-        if backup is not None:
-            for p, b in zip(model.parameters(), backup, strict=True):
-                p.copy_(b)
+        try:
+            yield
+        finally:
+            if backup is not None:
+                for p, b in zip(model.parameters(), backup, strict=True):
+                    p.copy_(b)
+
+
+def export_transformer(trainer: Trainer, folder: Path) -> None:
+    """The EMA weights (raw weights when EMA is off) as a diffusers-format folder."""
+    with _ema_weights(trainer, trainer.config.optim.ema_decay > 0):
+        trainer._bare_model().save_pretrained(folder)
 
 
 def load_state(trainer: Trainer, folder: Path) -> None:
     """Restore everything ``save`` wrote, so the next step is the uninterrupted run's."""
-    state = torch.load(folder / "state.pt", map_location=trainer.device, weights_only=True)
+    where = "cpu" if trainer.sharded else trainer.device
+    state = torch.load(folder / "state.pt", map_location=where, weights_only=True)
     if state["stage"] != trainer.config.name:
         raise ValueError(f"{folder} belongs to stage {state['stage']!r}, not "
                          f"{trainer.config.name!r}; use another out folder")  # fmt: skip
@@ -97,11 +159,33 @@ def load_state(trainer: Trainer, folder: Path) -> None:
                          f"belongs to that plan; resume it with {written_by} worker(s), or "
                          "start a new out folder from its transformer/ "
                          "(model.pretrained)")  # fmt: skip
-    trainer._bare_model().load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    full = StateDictOptions(full_state_dict=trainer.sharded)  # FSDP2: shard the full tensors
+    if trainer.sharded:
+        set_model_state_dict(trainer.model, state["model"], options=full)
+    else:
+        trainer._bare_model().load_state_dict(state["model"])
+    if state.get("optimizer_format") == "fqn":  # by parameter name: any wrapping, any sharding
+        set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optimizer"],
+                                 options=full)  # fmt: skip
+    elif trainer.sharded:
+        raise ValueError(f"{folder}: an older checkpoint (optimizer state by parameter index) "
+                         "cannot be resumed under FSDP2; resume it with "
+                         "data_parallel = 'ddp'")  # fmt: skip
+    else:
+        trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     with torch.no_grad():
         for e, saved in zip(trainer.ema, state["ema"], strict=True):
+            if hasattr(e, "device_mesh"):  # an FSDP2 shard: take this rank's part
+                from torch.distributed.tensor import distribute_tensor
+
+                saved = distribute_tensor(saved.to(e.device), e.device_mesh, e.placements)
             e.copy_(saved)
     trainer.global_step = state["global_step"]
     trainer.epoch, trainer.step_in_epoch = state["epoch"], state["step_in_epoch"]

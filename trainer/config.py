@@ -248,6 +248,11 @@ class StageConfig:
     """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``."""
     precision: str = "auto"
     """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``."""
+    data_parallel: str = "auto"
+    """How several ranks share the model: ``ddp`` (replicas, gradients all-reduced), ``fsdp``
+    (FSDP2: ``fully_shard`` per block, then the root, bf16 parameters and fp32 gradient
+    reduction under ``precision`` bf16; for CUDA, as FSDP2's reduce-scatter over gloo has had
+    an averaging bug, pytorch/pytorch#162338) or ``auto`` (fsdp on CUDA, ddp on CPU)."""
     log_every: int = 10
     """Write a metrics line every this many steps."""
     checkpoint_every: int = 0
@@ -265,6 +270,8 @@ class StageConfig:
         require(self.log_every >= 1, "log_every", self.log_every, "must be >= 1")
         require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
                 "must be >= 0")  # fmt: skip
+        require(self.data_parallel in ("auto", "ddp", "fsdp"), "data_parallel",
+                self.data_parallel, "must be auto, ddp or fsdp")  # fmt: skip
         require(self.precision in ("auto", "fp32", "bf16"), "precision", self.precision,
                 "must be auto, fp32 or bf16")  # fmt: skip
         ok = self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -34,6 +35,10 @@ from trainer.data import Manifest, StageData, Step
 from trainer.encoders import EncodedBatch, Encoders
 from trainer.flops import peak_flops, train_step_flops
 from trainer.flow import interpolate, per_sample_loss, sample_times
+
+FSDP_ON_GLOO = "ZFOUNDRY_FSDP_ON_GLOO"
+"""Set to 1 to allow ``data_parallel = 'fsdp'`` on CPU (gloo): for the tests of the sharded
+path, which compare it with DDP (see ``StageConfig.data_parallel``)."""
 
 
 class PackedForward(nn.Module):
@@ -133,17 +138,48 @@ class Trainer:
     def _bare_model(self) -> S3DiT:
         return self.model
 
+    @property
+    def data_parallel(self) -> str:
+        """``none`` (one rank), ``ddp`` or ``fsdp``: ``config.data_parallel`` resolved."""
+        mode = self.config.data_parallel
+        if mode == "auto":
+            return "none" if self.world_size == 1 else (
+                "fsdp" if self.device.type == "cuda" else "ddp")  # fmt: skip
+        return "none" if mode == "ddp" and self.world_size == 1 else mode
+
+    @property
+    def sharded(self) -> bool:
+        return self.data_parallel == "fsdp"
+
     def parallelize(self, module: nn.Module) -> nn.Module:
-        """Data parallelism applied from outside the model: DDP over the initialised process
-        group when ``world_size > 1`` (gloo on CPU; the Ray backend sets the group up)."""
-        if self.world_size == 1:
+        """Data parallelism applied from outside the model, over the initialised process group
+        (the Ray backend sets it up): DDP (gloo on CPU), or FSDP2 on CUDA -- ``fully_shard`` on
+        every transformer block, then on the root, with a mixed-precision policy (parameters
+        in the autocast dtype, gradients reduced in fp32)."""
+        mode = self.data_parallel
+        if mode == "none":
             return module
         import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
 
         if not dist.is_initialized() or dist.get_world_size() != self.world_size:
             raise RuntimeError(f"world_size={self.world_size} needs an initialised process "
                                "group of that size (init_process_group)")  # fmt: skip
+        if mode == "fsdp":
+            if self.device.type != "cuda" and os.environ.get(FSDP_ON_GLOO) != "1":
+                raise ValueError("data_parallel = 'fsdp' is for CUDA (NCCL); use 'ddp' on CPU "
+                                 "(FSDP2's reduce-scatter over gloo has had an averaging bug, "
+                                 "pytorch/pytorch#162338)")  # fmt: skip
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            policy = MixedPrecisionPolicy(param_dtype=self.autocast_dtype,
+                                          reduce_dtype=torch.float32)  # fmt: skip
+            for blocks in self.model.block_lists():
+                for block in blocks:
+                    fully_shard(block, mp_policy=policy)
+            fully_shard(module, mp_policy=policy)
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
@@ -182,7 +218,8 @@ class Trainer:
         global count`` and data parallelism's gradient average turns that into the global mean.
         """
         losses = self.per_sample_losses(batch, generator)
-        total = torch.tensor([len(losses), float(losses.detach().sum())], dtype=torch.float64)
+        total = torch.tensor([len(losses), float(losses.detach().sum())], dtype=torch.float64,
+                             device=self._collective_device)  # fmt: skip
         if self.world_size > 1:
             import torch.distributed as dist
 
@@ -199,6 +236,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = opt.grad_clip if opt.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -318,7 +357,7 @@ class Trainer:
                 if lead:
                     _append(self.out / "metrics.jsonl", [row])
                 last = row
-            checkpoint = save(self) if keep and lead else None
+            checkpoint = save(self) if keep else None  # rank 0's folder (sharded: all gather)
             if report is not None:
                 report(row, checkpoint)
         progress_bar.close()
@@ -329,8 +368,8 @@ class Trainer:
         summary = {"stage": self.config.name, "steps": self.global_step,
                    "final": str(self.out / "final"), "skipped": skipped_total,
                    "world_size": self.world_size, "resumed_from": resumed, **last}  # fmt: skip
+        final = save(self)  # the last step's checkpoint: already written, returned as is
         if lead:
-            final = save(self)  # the last step's checkpoint: already written, returned as is
             export_final(self, final)
             summary["checkpoint"] = str(final)
         self._barrier()  # final/ is written before any rank moves on
@@ -353,13 +392,18 @@ class Trainer:
 
     def _reduce(self, values, op: str) -> np.ndarray:
         """``values`` reduced over the ranks (``sum``, ``min`` or ``max``)."""
-        x = torch.tensor(np.asarray(values, np.float64))
+        x = torch.tensor(np.asarray(values, np.float64), device=self._collective_device)
         if self.world_size > 1:
             import torch.distributed as dist
 
             ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
             dist.all_reduce(x, op=ops[op])
-        return x.numpy()
+        return x.cpu().numpy()
+
+    @property
+    def _collective_device(self) -> torch.device:
+        """Where small tensors for collectives live: NCCL takes CUDA tensors only."""
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     def _barrier(self) -> None:
         if self.world_size > 1:

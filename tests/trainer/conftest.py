@@ -117,14 +117,19 @@ def write_curriculum(toy: Toy, root: Path, backend: str = "ray") -> Path:
 class DDPRuns:
     grads: Path  # rank 0's gradient of one step (tests/trainer/test_parallel.py)
     curriculum: Path  # the curriculum trained by the same two ranks (the Ray backend's reference)
+    fsdp: Path  # its first stage under FSDP2, stopped after step 2 and resumed to the end
 
 
-def _spawned(rank: int, world: int, init_file: str, grad_config, grad_out: str, cur: str) -> None:
+def _spawned(rank: int, world: int, init_file: str, grad_config, grad_out: str, cur: str,
+             fsdp_out: str) -> None:  # fmt: skip
+    import os
+    from dataclasses import replace
+
     import torch
     import torch.distributed as dist
 
     from trainer.curriculum import load_curriculum
-    from trainer.trainer import Trainer, step_generator
+    from trainer.trainer import FSDP_ON_GLOO, Trainer, step_generator
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -138,8 +143,13 @@ def _spawned(rank: int, world: int, init_file: str, grad_config, grad_out: str, 
             grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()
                      if p.grad is not None}  # fmt: skip
             torch.save({"grads": grads, "loss": float(loss), "n": len(examples)}, grad_out)
-        for config in load_curriculum(cur).stages:  # Trainer.fit on two ranks, no Ray
+        stages = load_curriculum(cur).stages
+        for config in stages:  # Trainer.fit on two ranks, no Ray
             Trainer(config, rank=rank, world_size=world).fit(progress=False)
+        os.environ[FSDP_ON_GLOO] = "1"  # (test_parallel compares it with DDP)
+        for steps in (2, stages[0].steps):  # sharded checkpoints: gathered, then re-sharded
+            fsdp = replace(stages[0], out=Path(fsdp_out), steps=steps, data_parallel="fsdp")
+            Trainer(fsdp, rank=rank, world_size=world).fit(progress=False)
     finally:
         dist.destroy_process_group()
 
@@ -147,12 +157,20 @@ def _spawned(rank: int, world: int, init_file: str, grad_config, grad_out: str, 
 @pytest.fixture(scope="session")
 def ddp_runs(toy, tmp_path_factory) -> DDPRuns:
     """Two gloo processes (torch.multiprocessing, no Ray): one DDP step for the gradient test,
-    then the two-stage curriculum with ``Trainer.fit`` on both ranks."""
+    the two-stage curriculum with ``Trainer.fit`` on both ranks, then its first stage again
+    under FSDP2 (stopped and resumed)."""
     import torch.multiprocessing as mp
 
     root = tmp_path_factory.mktemp("ddp")
     grad_config = stage(toy, root / "grad", data={"token_budget": 2048, "caption_dropout": 0.0})
     cur = write_curriculum(toy, root / "curriculum", backend="local")
-    args = (2, str(root / "init"), grad_config, str(root / "rank0.pt"), str(cur))
+    args = (
+        2,
+        str(root / "init"),
+        grad_config,
+        str(root / "rank0.pt"),
+        str(cur),
+        str(root / "fsdp"),
+    )
     mp.spawn(_spawned, args=args, nprocs=2, join=True)
-    return DDPRuns(grads=root / "rank0.pt", curriculum=cur)
+    return DDPRuns(grads=root / "rank0.pt", curriculum=cur, fsdp=root / "fsdp")

@@ -5,8 +5,11 @@ The two processes are started by the ``ddp_runs`` fixture (tests/trainer/conftes
 
 from __future__ import annotations
 
+import json
+
 import torch
 
+from model import S3DiT
 from tests.trainer.conftest import stage
 from trainer.data import StageData
 from trainer.trainer import Trainer, step_generator
@@ -34,3 +37,25 @@ def test_ddp_gradients_equal_one_process_on_the_union_of_the_batches(toy, tmp_pa
         scale = grad.abs().max().clamp_min(1e-6)
         torch.testing.assert_close(ddp["grads"][name] / scale, grad / scale, atol=1e-5, rtol=0,
                                    msg=name)  # fmt: skip
+
+
+def test_fsdp2_on_two_ranks_equals_ddp_and_resumes_exactly(ddp_runs):
+    """FSDP2 (``fully_shard`` per block, then the root) on the same two ranks: the stage's
+    losses equal DDP's, although it stopped after step 2 (sharded state gathered into a full
+    checkpoint) and resumed (re-sharded). The CPU run only checks the plumbing: training with
+    FSDP2 is for CUDA (``StageConfig.data_parallel``)."""
+
+    def losses(out):
+        rows = (out / "metrics.jsonl").read_text().splitlines()
+        return [(json.loads(r)["step"], json.loads(r)["loss"]) for r in rows]
+
+    ddp = ddp_runs.curriculum.parent / "run" / "lowres"
+    assert [s for s, _ in losses(ddp_runs.fsdp)] == [1, 2, 3, 4]
+    assert losses(ddp_runs.fsdp) == losses(ddp)
+    state = torch.load(ddp_runs.fsdp / "checkpoints" / "step-0000004" / "state.pt",
+                       weights_only=True)  # fmt: skip
+    assert state["world_size"] == 2 and state["optimizer_format"] == "fqn"
+    exported = S3DiT.from_pretrained(ddp_runs.fsdp / "final" / "transformer").state_dict()
+    reference = S3DiT.from_pretrained(ddp / "final" / "transformer").state_dict()
+    for name, value in exported.items():  # the full EMA weights, as DDP exports them
+        torch.testing.assert_close(value, reference[name], atol=1e-6, rtol=0)
