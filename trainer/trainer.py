@@ -169,15 +169,7 @@ class Trainer:
                 raise ValueError("data_parallel = 'fsdp' is for CUDA (NCCL); use 'ddp' on CPU "
                                  "(FSDP2's reduce-scatter over gloo has had an averaging bug, "
                                  "pytorch/pytorch#162338)")  # fmt: skip
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            policy = MixedPrecisionPolicy(param_dtype=self.autocast_dtype,
-                                          reduce_dtype=torch.float32)  # fmt: skip
-            for blocks in self.model.block_lists():
-                for block in blocks:
-                    fully_shard(block, mp_policy=policy)
-            fully_shard(module, mp_policy=policy)
-            return module
+            return apply_fsdp(module, self.model, self.autocast_dtype)
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
@@ -425,6 +417,20 @@ def _trim(path: Path, keep: Callable[[dict], bool]) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text("".join(ln + "\n" for ln in lines))
     tmp.replace(tmp.with_name(path.name))
+
+
+def apply_fsdp(root: nn.Module, model: S3DiT, param_dtype: torch.dtype | None) -> nn.Module:
+    """FSDP2 over the default process group: ``fully_shard`` on every transformer block of
+    ``model`` (refiners and main stack), then on ``root`` (which holds ``model``), with
+    parameters gathered in ``param_dtype`` (None: as stored) and gradients reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for blocks in model.block_lists():
+        for block in blocks:
+            fully_shard(block, mp_policy=policy)
+    fully_shard(root, mp_policy=policy)
+    return root
 
 
 def _token_counts(packed) -> tuple[int, int]:
