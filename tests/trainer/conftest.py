@@ -174,3 +174,19 @@ def ddp_runs(toy, tmp_path_factory) -> DDPRuns:
     )
     mp.spawn(_spawned, args=args, nprocs=2, join=True)
     return DDPRuns(grads=root / "rank0.pt", curriculum=cur, fsdp=root / "fsdp")
+
+
+def assert_final_samples(final: Path, toy: Toy, png: Path, size: tuple[int, int]) -> None:
+    """``zfoundry sample`` draws a ``size`` image from a stage's exported ``final/`` (the toy
+    pipeline folder: pixel latent space)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["sample", "--checkpoint", str(final), "--base",
+                                      str(toy.pipeline), "--prompt", "a red circle", "--size",
+                                      f"{size[0]}x{size[1]}", "--steps", "2", "--out", str(png),
+                                      "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert Image.open(png).size == size

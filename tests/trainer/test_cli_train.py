@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from model import S3DiT
 from pipelines.cli import app
-from tests.trainer.conftest import write_curriculum
+from tests.trainer.conftest import assert_final_samples, write_curriculum
 from trainer.curriculum import load_curriculum
 from trainer.trainer import Trainer
 
@@ -54,13 +53,7 @@ def test_train_and_cache_latents_from_the_command_line(toy, tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 3 and summary["final"] == str(tmp_path / "out" / "final")
     assert S3DiT.from_pretrained(tmp_path / "out" / "final" / "transformer").config.in_channels == 3
-    png = tmp_path / "toy.png"
-    result = runner.invoke(app, ["sample", "--checkpoint", str(tmp_path / "out" / "final"),
-                                 "--base", str(toy.pipeline), "--prompt", "a red circle",
-                                 "--size", "96x64", "--steps", "2", "--out", str(png),
-                                 "--no-progress"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert Image.open(png).size == (96, 64)  # the exported checkpoint samples (pixel space)
+    assert_final_samples(tmp_path / "out" / "final", toy, tmp_path / "toy.png", (96, 64))
     again = runner.invoke(app, ["train", stage, "--steps", "5", "--no-progress"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout.strip().splitlines()[-1])["resumed_from"].endswith("0000003")

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from tests.trainer.conftest import write_curriculum
+from tests.trainer.conftest import assert_final_samples, write_curriculum
 from trainer.ray_backend import FAULT_ENV
 
 runner = CliRunner()
@@ -94,13 +93,7 @@ def test_curriculum_survives_a_killed_worker_and_a_killed_driver_exactly(
     assert again.exit_code == 0 and all(
         s["already_done"] for s in json.loads(again.stdout.strip().splitlines()[-1])
     )
-    png = tmp_path / "sample.png"
-    sample = runner.invoke(app, ["sample", "--checkpoint", str(run / "omni" / "final"),
-                                 "--base", str(toy.pipeline), "--prompt", "a red circle",
-                                 "--size", "64x64", "--steps", "2", "--out", str(png),
-                                 "--no-progress"])  # fmt: skip
-    assert sample.exit_code == 0, sample.output
-    assert Image.open(png).size == (64, 64)  # the exported checkpoint samples (pixel space)
+    assert_final_samples(run / "omni" / "final", toy, tmp_path / "sample.png", (64, 64))
 
 
 def test_each_rank_gets_its_batches_of_the_plan_and_the_same_number_of_steps(toy, tmp_path):
