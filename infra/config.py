@@ -173,8 +173,8 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     if isinstance(tp, type) and issubclass(tp, Location):
         if isinstance(value, (str, PurePath)):
             text, base = str(value), _BASE_DIR.get()
-            if "://" in text or base is None or PurePath(text).is_absolute():
-                return tp(text)
+            if not text or "://" in text or base is None or PurePath(text).is_absolute():
+                return tp(text)  # ("" stays empty: "not set")
             return tp(base / text)
         raise bad()
     if isinstance(tp, type) and issubclass(tp, PurePath):

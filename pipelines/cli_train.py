@@ -70,7 +70,7 @@ def train(
                                  "stage's steps in the file")  # fmt: skip
             curriculum = load_curriculum(stage, overrides)
         else:
-            config = load_stage(stage, overrides | ({"steps": steps} if steps else {}))
+            config = load_stage(stage, overrides | ({} if steps is None else {"steps": steps}))
     except (ConfigError, ValueError) as err:
         _fail(err)
     try:
@@ -83,7 +83,11 @@ def train(
             console.print(f"stage [bold]{config.name}[/bold] on backend {config.backend!r} "
                           f"-> {config.out}")  # fmt: skip
             summary = get_backend(config.backend).run(config)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        _fail(err)
+    except Exception as err:  # Ray's own (TrainingFailedError: a worker's error, retries spent)
+        if not type(err).__module__.startswith("ray."):
+            raise
         _fail(err)
     print(json.dumps(summary, sort_keys=True))
 

@@ -91,7 +91,7 @@ def _save_sharded(trainer: Trainer, final: Path) -> Path | None:
         "model": get_model_state_dict(model, options=full),
         "optimizer": get_optimizer_state_dict(model, trainer.optimizer, options=full),
         "optimizer_format": "fqn",
-        "ema": [e.full_tensor().cpu() for e in trainer.ema],
+        "ema": [e.full_tensor().cpu() if lead else None for e in trainer.ema],  # (collective)
     }
     with _ema_weights(trainer, use_ema):
         weights = get_model_state_dict(model, options=full)
@@ -148,8 +148,10 @@ def export_transformer(trainer: Trainer, folder: Path) -> None:
 
 def load_state(trainer: Trainer, folder: Path) -> None:
     """Restore everything ``save`` wrote, so the next step is the uninterrupted run's."""
-    where = "cpu" if trainer.sharded else trainer.device
-    state = torch.load(folder / "state.pt", map_location=where, weights_only=True)
+    if trainer.sharded:  # memory-mapped: each rank reads the parts of its shards
+        state = torch.load(folder / "state.pt", map_location="cpu", mmap=True, weights_only=True)
+    else:
+        state = torch.load(folder / "state.pt", map_location=trainer.device, weights_only=True)
     if state["stage"] != trainer.config.name:
         raise ValueError(f"{folder} belongs to stage {state['stage']!r}, not "
                          f"{trainer.config.name!r}; use another out folder")  # fmt: skip

@@ -33,6 +33,8 @@ from typing import Any
 from infra.config import Location, require
 from trainer.flow import TimestepConfig
 
+NOT_SET = Location("")  # an optional path or URI left empty
+
 CAPTION_COLUMNS = (
     "caption_long",
     "caption_medium",
@@ -49,7 +51,7 @@ class ModelConfig:
 
     preset: str = "debug"
     """A ``model.presets`` name (random init), used when ``pretrained`` is empty."""
-    pretrained: str = ""
+    pretrained: Location = NOT_SET
     """A transformer folder (config.json + safetensors: diffusers or a zfoundry export) or a
     Z-Image pipeline folder (its ``transformer/``) to start from."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -121,7 +123,7 @@ class DataConfig:
     """T2I : I2I batches (default: the manifest's, 4:1). With no i2i rows, all batches are T2I."""
     samples_per_epoch: int = 0
     """Weighted draws (``sampling_weight``) per epoch; 0 = the number of rows."""
-    cache: str = ""
+    cache: Location = NOT_SET
     """A latent/text cache written by ``zfoundry cache-latents`` to train from instead of
     decoding images and running the encoders."""
     verify_shards: bool = True
@@ -203,7 +205,7 @@ class RayConfig:
     """CPUs reserved per worker; the worker's torch threads (at least 1)."""
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     """Extra custom resources per worker (e.g. ``{"accelerator_type:H100" = 0.001}``)."""
-    storage: str = ""
+    storage: Location = NOT_SET
     """Run storage (``s3://bucket/runs``, ``gs://...``, a path). Empty: ``out``'s parent, so
     ``out`` is the run's folder in storage. Set: ``out`` is a local staging folder and every
     checkpoint (with ``metrics.jsonl``) and ``final/`` are uploaded to ``storage/<out name>``."""

@@ -118,6 +118,9 @@ def load_curriculum(path: str | Path, overrides: Mapping[str, Any] | None = None
         elif key == "out":
             raise ConfigError("set the curriculum's out in the file (stages write to out/NAME)",
                               source="CLI", key="out")  # fmt: skip
+        elif key == "model.pretrained":
+            raise ConfigError("set the first stage's model.pretrained in the file (later stages "
+                              "start from the stage before)", source="CLI", key=key)  # fmt: skip
     with paths_relative_to(path):
         with _blame_cli(overrides or {}, ""):
             head = from_dict(CurriculumSettings, head_data, source=source)
@@ -129,6 +132,9 @@ def load_curriculum(path: str | Path, overrides: Mapping[str, Any] | None = None
                     raise ConfigError("set once for the curriculum, at the top level",
                                       source=source, key=f"{where}.{key}")  # fmt: skip
             merged = _merge(defaults, table)
+            for key in ("model", "data", "encoders", "optim", "timesteps"):
+                if key in merged and not isinstance(merged[key], dict):
+                    raise ConfigError("expected a table", source=source, key=f"{where}.{key}")
             if i > 0 and merged.get("model", {}).get("pretrained"):
                 raise ConfigError("a later stage starts from the previous stage's final weights",
                                   source=source, key=f"{where}.model.pretrained")  # fmt: skip
@@ -156,11 +162,11 @@ def load_curriculum(path: str | Path, overrides: Mapping[str, Any] | None = None
 def stage_done(config: StageConfig, location: str = "") -> bool:
     """Whether the stage's ``final/`` holds its last step (a finished stage is skipped);
     ``location``: the stage's folder in run storage (a URI) instead of ``config.out``."""
-    from infra.storage import read_bytes
+    from infra.storage import join_uri, read_bytes
     from trainer.checkpoint import STAGE_FILE
 
     try:
-        info = json.loads(read_bytes(f"{location or config.out}/final/{STAGE_FILE}"))
+        info = json.loads(read_bytes(join_uri(location or str(config.out), "final", STAGE_FILE)))
     except (OSError, json.JSONDecodeError):
         return False
     return info.get("stage") == config.name and int(info.get("step", -1)) >= config.steps

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from infra.storage import join_uri
 from trainer.config import StageConfig
 
 if TYPE_CHECKING:
@@ -62,9 +63,7 @@ def _fit(stages: list[StageConfig], root: Path) -> list[dict[str, Any]]:
     from trainer.curriculum import done_summary, stage_done
 
     rc = stages[0].ray
-    storage = ""
-    if rc.storage:
-        storage = f"{rc.storage.rstrip('/')}/{root.name}"  # the run's folder in storage
+    storage = join_uri(str(rc.storage), root.name) if rc.storage else ""  # the run's folder
     todo = [i for i, s in enumerate(stages) if not stage_done(s, _location(s, root, storage))]
     if not todo:
         return [done_summary(stage) for stage in stages]
@@ -119,12 +118,27 @@ def _fit(stages: list[StageConfig], root: Path) -> list[dict[str, Any]]:
     return [trained.get(stage.name) or done_summary(stage) for stage in stages]
 
 
+def _final_step(stage: StageConfig, location: str) -> int | None:
+    """The step in the stage's ``final/`` note (None without one)."""
+    import json
+
+    from infra.storage import read_bytes
+    from trainer.checkpoint import STAGE_FILE
+
+    where = join_uri(location, "final", STAGE_FILE) if location else str(
+        Path(stage.out) / "final" / STAGE_FILE)  # fmt: skip
+    try:
+        return int(json.loads(read_bytes(where)).get("step"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def _location(stage: StageConfig, root: Path, storage: str) -> str:
     """The stage's folder in run storage ("" when ``out`` is in it: local storage)."""
     if not storage:
         return ""
     rel = Path(stage.out).relative_to(root).as_posix()
-    return storage if rel == "." else f"{storage}/{rel}"
+    return storage if rel == "." else join_uri(storage, rel)
 
 
 def plan_rows(config: StageConfig, world_size: int) -> list[list[dict[str, Any]]]:
@@ -175,8 +189,13 @@ def train_worker(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         if index and storage:  # start from the previous stage: fetch its final/ if not here
             before = cfg["stages"][index - 1]
-            if not (Path(before.out) / "final" / "transformer").is_dir():
-                _download(f"{_location(before, root, storage)}/final", Path(before.out) / "final")
+            final = Path(before.out) / "final"
+            if ctx.get_local_rank() == 0 and not final.is_dir():  # one download per node
+                _download(join_uri(_location(before, root, storage), "final"), final)
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
         summaries.append(_train_stage(config, index, location, cfg, rank, world))
     return summaries
 
@@ -207,6 +226,11 @@ def _train_stage(
         if checkpoint is None or not checkpoint.path.startswith(f"{here}/checkpoints/"):
             checkpoint = _stage_checkpoint(location or str(config.out))  # this stage's newest
             if checkpoint is None:
+                if _final_step(config, location) is not None:  # finished, then given more steps
+                    raise ValueError(f"stage {config.name!r} finished earlier but none of its "
+                                     "checkpoints is left (ray.num_to_keep?), so it cannot "
+                                     "continue; train a new stage from its "
+                                     "final/ instead")  # fmt: skip
                 return None
         with checkpoint.as_directory() as folder:
             load_state(trainer, Path(folder))
@@ -229,8 +253,9 @@ def _train_stage(
     def report(row: dict[str, Any], folder: Path | None) -> None:
         checkpoint = None
         if folder is not None:
-            if location:  # the metrics so far travel with the checkpoint
-                shutil.copyfile(trainer.out / "metrics.jsonl", folder / "metrics.jsonl")
+            metrics = trainer.out / "metrics.jsonl"
+            if location and metrics.is_file():  # the metrics so far travel with the checkpoint
+                shutil.copyfile(metrics, folder / "metrics.jsonl")
             checkpoint = Checkpoint.from_directory(str(folder))
         train.report(
             {"stage": config.name, **row},
@@ -240,9 +265,11 @@ def _train_stage(
         )
 
     summary = trainer.fit(steps=steps(), resume=resume, report=report, bar=_RayBar)
-    if location and rank == 0:
-        for name in ("final", "metrics.jsonl"):
-            _upload(trainer.out / name, f"{location}/{name}")
+    if location and rank == 0:  # the stage note last: a stage is done once it is there
+        from trainer.checkpoint import STAGE_FILE
+
+        for name in ("metrics.jsonl", "final/transformer", f"final/{STAGE_FILE}"):
+            _upload(trainer.out / name, join_uri(location, *name.split("/")))
     trainer._barrier()  # the next stage starts from this one's final/
     return summary
 
@@ -330,7 +357,7 @@ def _stage_checkpoint(stage_dir: str):
     from infra.storage import resolve_uri
     from trainer.checkpoint import MARKER
 
-    fs, root = resolve_uri(f"{stage_dir}/checkpoints")
+    fs, root = resolve_uri(join_uri(stage_dir, "checkpoints"))
     found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     names = sorted((f.base_name for f in found if f.type == pafs.FileType.Directory
                     and f.base_name.startswith("step-")), reverse=True)  # fmt: skip
@@ -354,11 +381,16 @@ def _upload(local: Path, uri: str) -> None:
 
 
 def _download(uri: str, local: Path) -> None:
+    """Copy a folder from storage to ``local`` (through a temporary sibling and a rename, so a
+    half-copied folder is never taken for a whole one)."""
     import pyarrow.fs as pafs
 
     from infra.storage import resolve_uri
 
     fs, path = resolve_uri(uri)
-    local.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(path, str(local), source_filesystem=fs,
+    tmp = local.with_name(f".tmp-{local.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pafs.copy_files(path, str(tmp), source_filesystem=fs,
                     destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
+    tmp.rename(local)

@@ -327,6 +327,7 @@ class Trainer:
                 skipped_here += len(skipped)
                 extra = {"rank": self.rank} if self.world_size > 1 else {}
                 rows = [{**row, "step": self.global_step, **extra} for row in skipped]
+                self.out.mkdir(parents=True, exist_ok=True)  # (another node than rank 0's)
                 _append(self.out / "skipped.jsonl", rows)
             if self._reduce([len(batch) if batch is not None else 0], "min")[0] == 0:
                 continue  # some rank has nothing to train on: every rank skips the step

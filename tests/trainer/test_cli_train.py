@@ -126,6 +126,7 @@ def test_curriculum_runs_stages_in_order_each_from_the_previous_and_skips_finish
         ("[[stages]]\nsteps = 3\n", "stages[2].name"),
         ("[[stages]]\nname = 'x'\nsteps = 0\n", "stages[2].steps"),
         ("[[stages]]\nname = 'x'\nout = 'elsewhere'\n", "stages[2].out"),
+        ("[[stages]]\nname = 'x'\nmodel = 'x'\n", "stages[2].model"),
         ("[extra]\n", "extra"),
     ],
 )
@@ -153,5 +154,7 @@ def test_curriculum_cli_overrides(toy, tmp_path):
     assert all(s.optim.lr == 5e-4 and s.ray.num_workers == 3 for s in curriculum.stages)
     result = runner.invoke(app, ["train", str(cur), "--steps", "3"])
     assert result.exit_code == 2 and "--steps" in said(result)
+    result = runner.invoke(app, ["train", str(cur), "--set", "model.pretrained='a'"])
+    assert result.exit_code == 2 and "CLI: model.pretrained" in said(result), said(result)
     result = runner.invoke(app, ["train", str(cur), "--set", "ray.num_workers=0"])
     assert result.exit_code == 2 and "CLI: ray.num_workers" in said(result), said(result)
