@@ -91,8 +91,11 @@ def _save_sharded(trainer: Trainer, final: Path) -> Path | None:
         "model": get_model_state_dict(model, options=full),
         "optimizer": get_optimizer_state_dict(model, trainer.optimizer, options=full),
         "optimizer_format": "fqn",
-        "ema": [e.full_tensor().cpu() if lead else None for e in trainer.ema],  # (collective)
+        "ema": [],
     }
+    for e in trainer.ema:
+        gathered = e.full_tensor()  # a collective: every rank gathers, rank 0 keeps a CPU copy
+        state["ema"].append(gathered.cpu() if lead else None)
     with _ema_weights(trainer, use_ema):
         weights = get_model_state_dict(model, options=full)
     if not lead:
