@@ -1,0 +1,207 @@
+"""Caption programs: versioned prompt files and the parsing and validation of the answers.
+
+Prompts live in ``captioner/prompts/<version>/`` as plain text files with ``{placeholders}``
+(``str.format``): ``ocr`` (transcribe all visible text, untranslated), ``captions`` (the five
+caption types as one JSON object, conditioned on the OCR transcript and on world-knowledge
+context), ``diff_describe`` / ``diff_analyse`` / ``diff_instruct`` (the three steps of a
+difference caption). ``prompt_version`` is ``<version>-<sha256 of the files, 8 hex>``, so
+editing a prompt without bumping the folder still changes the recorded version.
+
+Answers are parsed into typed fields and validated; what cannot be repaired safely raises
+``Rejected`` with a short reason (the caller keeps the row's alt caption and writes a
+rejects entry) -- a caption column never receives unparsed model output. Safe repairs: a
+JSON object wrapped in prose or a code fence, trailing commas, key spelling (``Caption
+Long``, ``long``), tags given as one comma-separated string, surrounding quotes or a
+``Instruction:`` label. Anything else -- missing or empty fields, a short caption longer than
+the long one, the long caption leaving out transcribed text, text in the wrong script,
+degenerate repetition -- is a rejection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+PROMPTS = Path(__file__).parent / "prompts"
+PROMPT_NAMES = ("ocr", "captions", "diff_describe", "diff_analyse", "diff_instruct")
+LANGUAGES = {"en": "English", "zh": "Simplified Chinese"}
+CAPTION_FIELDS = (
+    "caption_long",
+    "caption_medium",
+    "caption_short",
+    "caption_tags",
+    "caption_user_prompt",
+)
+_ALIASES = {
+    "long": "caption_long",
+    "medium": "caption_medium",
+    "short": "caption_short",
+    "tags": "caption_tags",
+    "user_prompt": "caption_user_prompt",
+    "prompt": "caption_user_prompt",
+}
+_NO_TEXT = {"none", "no text", "n/a", "无", "没有", "没有文字"}
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+class Rejected(ValueError):
+    """An answer that cannot be used; ``str(err)`` is the rejects table's reason."""
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """One version of the prompt files."""
+
+    version: str  # e.g. "v1-3fa2b9c0"
+    texts: dict[str, str]
+
+    def render(self, name: str, **values: str) -> str:
+        return self.texts[name].format(**values)
+
+
+@cache
+def load_prompts(version: str = "v1") -> Prompts:
+    folder = PROMPTS / version
+    if not folder.is_dir():
+        known = sorted(p.name for p in PROMPTS.iterdir() if p.is_dir())
+        raise ValueError(f"prompt version {version!r} not found; have {known}")
+    texts = {name: (folder / f"{name}.txt").read_text(encoding="utf-8") for name in PROMPT_NAMES}
+    digest = hashlib.sha256("\0".join(texts[n] for n in PROMPT_NAMES).encode()).hexdigest()
+    return Prompts(f"{version}-{digest[:8]}", texts)
+
+
+def caption_prompt(prompts: Prompts, ocr_text: str, language: str, context: dict[str, str]) -> str:
+    """The caption prompt for one image: its OCR transcript and world-knowledge context (alt
+    text, page title, knowledge-graph concepts: ``{label: value}``, empty values dropped)."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language {language!r}: one of {sorted(LANGUAGES)}")
+    lines = [f"{k}: {v}" for k, v in context.items() if v and str(v).strip()]
+    known = ("Known about this image (use it to name people, places, works and products):\n"
+             + "\n".join(lines)) if lines else ""  # fmt: skip
+    return prompts.render("captions", context=known, ocr_text=ocr_text or "(none)",
+                          language=LANGUAGES[language])  # fmt: skip
+
+
+# -- answers -------------------------------------------------------------------------------
+def parse_ocr(answer: str) -> str:
+    """The transcript ("" when the model says there is no text)."""
+    text = _unfence(answer).strip().strip('"“”').strip()
+    if text.lower().rstrip(".") in _NO_TEXT:
+        return ""
+    _check_degenerate(text, "ocr_text")
+    return text
+
+
+@dataclass(frozen=True)
+class CaptionSet:
+    caption_long: str
+    caption_medium: str
+    caption_short: str
+    caption_tags: str  # comma-separated, as the shards store it
+    caption_user_prompt: str
+    ocr_text: str
+    caption_lang: str
+
+
+def parse_captions(answer: str, *, ocr_text: str, language: str) -> CaptionSet:
+    """The five captions from a ``captions`` answer, validated (see the module docstring)."""
+    data = _json_object(answer)
+    fields: dict[str, object] = {}
+    for key, value in data.items():
+        name = re.sub(r"[^a-z]+", "_", str(key).lower()).strip("_")
+        name = _ALIASES.get(name, name)
+        if name in CAPTION_FIELDS:
+            fields[name] = value
+    missing = [f for f in CAPTION_FIELDS if f not in fields]
+    if missing:
+        raise Rejected(f"missing {', '.join(missing)}")
+    tags = fields["caption_tags"]
+    if isinstance(tags, str):
+        tags = [t for t in re.split(r"[,，;\n]", tags)]
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise Rejected("caption_tags is not a list of strings")
+    tags = [t.strip() for t in tags if t.strip()]
+    out = {"caption_tags": ", ".join(dict.fromkeys(tags))}
+    for name in ("caption_long", "caption_medium", "caption_short", "caption_user_prompt"):
+        value = fields[name]
+        if not isinstance(value, str) or not value.strip():
+            raise Rejected(f"{name} is empty or not text")
+        out[name] = " ".join(value.split())
+    if not tags:
+        raise Rejected("caption_tags is empty")
+    for name, value in out.items():
+        _check_degenerate(value, name)
+        _check_script(value, name, language)
+    if _size(out["caption_short"]) > _size(out["caption_long"]):
+        raise Rejected("caption_short is longer than caption_long")
+    for line in filter(None, (x.strip() for x in ocr_text.splitlines())):
+        if _squash(line) not in _squash(out["caption_long"]):
+            raise Rejected(f"caption_long leaves out the transcribed text {line[:40]!r}")
+    return CaptionSet(**out, ocr_text=ocr_text, caption_lang=language)
+
+
+def parse_instruction(answer: str, *, language: str, max_words: int = 40) -> str:
+    """A difference caption's editing instruction: one sentence, labels and quotes removed."""
+    text = _unfence(answer).strip()
+    text = re.sub(r"^(edit(ing)?\s+)?instruction\s*[:：]\s*", "", text, flags=re.I)
+    text = " ".join(text.split()).strip("\"“”'")
+    if not text:
+        raise Rejected("edit_instruction is empty")
+    _check_degenerate(text, "edit_instruction")
+    _check_script(text, "edit_instruction", language)
+    if _size(text) > max_words:
+        raise Rejected(f"edit_instruction is longer than {max_words} words")
+    return text
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _unfence(text: str) -> str:
+    match = re.search(r"```[a-zA-Z]*\s*\n?(.*?)```", text, flags=re.S)
+    return match.group(1) if match else text
+
+
+def _json_object(answer: str) -> dict:
+    text = _unfence(answer)
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise Rejected("no JSON object in the answer")
+    body = text[start : end + 1]
+    for candidate in (body, re.sub(r",\s*([}\]])", r"\1", body)):  # trailing commas
+        try:
+            data = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            return data
+    raise Rejected("the answer's JSON does not parse")
+
+
+def _size(text: str) -> int:
+    """Words, counting each CJK character as one."""
+    return len(_CJK.findall(text)) + len(_CJK.sub(" ", text).split())
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\W+", "", text.lower())
+
+
+def _check_script(text: str, name: str, language: str) -> None:
+    cjk, latin = len(_CJK.findall(text)), len(_LATIN.findall(text))
+    if language == "zh" and cjk == 0:
+        raise Rejected(f"{name} is not Chinese")
+    if language == "en" and cjk > latin:
+        raise Rejected(f"{name} is not English")
+
+
+def _check_degenerate(text: str, name: str) -> None:
+    """Looping output: one word (or character, for CJK) is most of a long text."""
+    tokens = _CJK.findall(text) + _CJK.sub(" ", text).lower().split()
+    if len(tokens) >= 8:
+        top = max(tokens.count(t) for t in set(tokens))
+        if top / len(tokens) > 0.5:
+            raise Rejected(f"{name} repeats itself")
