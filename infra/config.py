@@ -309,11 +309,19 @@ def _load_toml(cls: type[T], path: str | Path, section: str | None, overrides: d
         if not isinstance(data, dict):
             raise ConfigError(f"expected table, got {_describe(data)}", source=source, key=section)
     apply_overrides(cls, data, overrides)
-    try:
+    with blame_cli(overrides, section or ""):
         return from_dict(cls, data, source=source, path=section or "")
-    except ConfigError as err:  # a __post_init__ check failing on an overridden value
+
+
+@contextlib.contextmanager
+def blame_cli(overrides: Mapping[str, Any], path: str = "") -> Iterator[None]:
+    """A check failing on a value that came from ``overrides`` (``--set``, keys relative to
+    table ``path``) names the CLI and the key as given there, not the file."""
+    try:
+        yield
+    except ConfigError as err:
         for key in overrides:
-            full = _join(section or "", key)
+            full = _join(path, key)
             if err.key == full or err.key.startswith((f"{full}.", f"{full}[")):
                 cli_key = err.key[len(full) - len(key) :]
                 raise ConfigError(err.detail, source="CLI", key=cli_key) from err

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,24 +55,16 @@ def save(trainer: Trainer) -> Path | None:
         return None
     if (final / MARKER).is_file():
         return final
-    tmp = final.with_name(f".tmp-{final.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model = trainer._bare_model()
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+    model = trainer._bare_model()
     state = {
         "model": model.state_dict(),
         "optimizer": get_optimizer_state_dict(model, trainer.optimizer),  # keyed by name
         "optimizer_format": "fqn",
         "ema": trainer.ema,
     }
-    torch.save(state | _position(trainer), tmp / "state.pt")
-    export_transformer(trainer, tmp / "transformer")
-    (tmp / MARKER).write_text(json.dumps({"step": trainer.global_step}) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+    return _write(trainer, final, state, lambda folder: export_transformer(trainer, folder))
 
 
 def _save_sharded(trainer: Trainer, final: Path) -> Path | None:
@@ -100,15 +92,25 @@ def _save_sharded(trainer: Trainer, final: Path) -> Path | None:
         weights = get_model_state_dict(model, options=full)
     if not lead:
         return None
+
+    def export(folder: Path) -> None:  # the gathered EMA weights in a model on the CPU
+        from model.s3dit import S3DiT
+
+        model = S3DiT.from_config(dict(trainer._bare_model().config))
+        model.load_state_dict(weights)
+        model.save_pretrained(folder)
+
+    return _write(trainer, final, state, export)
+
+
+def _write(trainer: Trainer, final: Path, state: dict, export: Callable[[Path], None]) -> Path:
+    """``state.pt`` (+ the position), ``transformer/`` and ``_COMPLETE`` into a temporary
+    folder, renamed to ``final``."""
     tmp = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(state | _position(trainer), tmp / "state.pt")
-    from model.s3dit import S3DiT
-
-    export = S3DiT.from_config(dict(trainer._bare_model().config))
-    export.load_state_dict(weights)
-    export.save_pretrained(tmp / "transformer")
+    export(tmp / "transformer")
     (tmp / MARKER).write_text(json.dumps({"step": trainer.global_step}) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

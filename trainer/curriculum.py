@@ -34,10 +34,9 @@ unfinished one where it stopped. Relative paths are relative to the file.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from typing import Any
 from infra.config import (
     ConfigError,
     apply_overrides,
+    blame_cli,
     from_dict,
     paths_relative_to,
     read_toml,
@@ -122,7 +122,7 @@ def load_curriculum(path: str | Path, overrides: Mapping[str, Any] | None = None
             raise ConfigError("set the first stage's model.pretrained in the file (later stages "
                               "start from the stage before)", source="CLI", key=key)  # fmt: skip
     with paths_relative_to(path):
-        with _blame_cli(overrides or {}, ""):
+        with blame_cli(overrides or {}, ""):
             head = from_dict(CurriculumSettings, head_data, source=source)
         configs: list[StageConfig] = []
         for i, table in enumerate(stages):
@@ -145,7 +145,7 @@ def load_curriculum(path: str | Path, overrides: Mapping[str, Any] | None = None
                                   source=source, key=f"{where}.name")  # fmt: skip
             out = Path(head.out).resolve() / name
             merged |= {"out": str(out), "backend": head.backend, "ray": head.ray}
-            with _blame_cli(stage_overrides, where):
+            with blame_cli(stage_overrides, where):
                 config = from_dict(StageConfig, merged, source=source, path=where)
             if configs:  # starts from the previous stage's final/transformer
                 model = dataclasses.replace(config.model, pretrained=str(configs[-1].out))
@@ -159,17 +159,23 @@ def load_curriculum(path: str | Path, overrides: Mapping[str, Any] | None = None
     return Curriculum(out=Path(head.out).resolve(), backend=head.backend, stages=tuple(configs))
 
 
-def stage_done(config: StageConfig, location: str = "") -> bool:
-    """Whether the stage's ``final/`` holds its last step (a finished stage is skipped);
-    ``location``: the stage's folder in run storage (a URI) instead of ``config.out``."""
+def final_step(config: StageConfig, location: str = "") -> int | None:
+    """The step recorded in the stage's ``final/`` note (None without one, or one of another
+    stage); ``location``: the stage's folder in run storage (a URI) instead of ``config.out``."""
     from infra.storage import join_uri, read_bytes
     from trainer.checkpoint import STAGE_FILE
 
     try:
         info = json.loads(read_bytes(join_uri(location or str(config.out), "final", STAGE_FILE)))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return info.get("stage") == config.name and int(info.get("step", -1)) >= config.steps
+        return int(info["step"]) if info.get("stage") == config.name else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def stage_done(config: StageConfig, location: str = "") -> bool:
+    """Whether the stage's ``final/`` holds its last step (a finished stage is skipped)."""
+    step = final_step(config, location)
+    return step is not None and step >= config.steps
 
 
 def done_summary(config: StageConfig) -> dict[str, Any]:
@@ -194,16 +200,3 @@ def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-@contextlib.contextmanager
-def _blame_cli(overrides: Mapping[str, Any], where: str) -> Iterator[None]:
-    """A check failing on a value from ``--set`` names the CLI, not the file."""
-    try:
-        yield
-    except ConfigError as err:
-        for key in overrides:
-            full = f"{where}.{key}" if where else key
-            if err.key == full or err.key.startswith(f"{full}."):
-                raise ConfigError(err.detail, source="CLI", key=key) from err
-        raise

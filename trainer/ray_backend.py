@@ -118,21 +118,6 @@ def _fit(stages: list[StageConfig], root: Path) -> list[dict[str, Any]]:
     return [trained.get(stage.name) or done_summary(stage) for stage in stages]
 
 
-def _final_step(stage: StageConfig, location: str) -> int | None:
-    """The step in the stage's ``final/`` note (None without one)."""
-    import json
-
-    from infra.storage import read_bytes
-    from trainer.checkpoint import STAGE_FILE
-
-    where = join_uri(location, "final", STAGE_FILE) if location else str(
-        Path(stage.out) / "final" / STAGE_FILE)  # fmt: skip
-    try:
-        return int(json.loads(read_bytes(where)).get("step"))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
 def _location(stage: StageConfig, root: Path, storage: str) -> str:
     """The stage's folder in run storage ("" when ``out`` is in it: local storage)."""
     if not storage:
@@ -210,6 +195,7 @@ def _train_stage(
 
     from infra.storage import resolve_uri
     from trainer.checkpoint import load_state
+    from trainer.curriculum import final_step
     from trainer.data import Step
     from trainer.trainer import Trainer
 
@@ -226,7 +212,7 @@ def _train_stage(
         if checkpoint is None or not checkpoint.path.startswith(f"{here}/checkpoints/"):
             checkpoint = _stage_checkpoint(location or str(config.out))  # this stage's newest
             if checkpoint is None:
-                if _final_step(config, location) is not None:  # finished, then given more steps
+                if final_step(config, location) is not None:  # finished, then given more steps
                     raise ValueError(f"stage {config.name!r} finished earlier but none of its "
                                      "checkpoints is left (ray.num_to_keep?), so it cannot "
                                      "continue; train a new stage from its "
