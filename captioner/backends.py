@@ -4,12 +4,23 @@ Everything in zfoundry that asks a language or vision-language model something -
 knowledge graph's generatability judge and taxonomy naming, the caption programs -- calls
 this one protocol, so a run can swap a local model for a served one in its config alone.
 
-**Protocol.** ``generate(prompts, *, max_new_tokens=64, images=None)`` returns one string
-per prompt, in order: the model's answer only (no prompt, no special tokens), stripped.
-``images``, when given, holds one encoded image (PNG/JPEG/GIF/WebP bytes) or ``None`` per
-prompt, for vision-language backends; a text-only backend given any image raises
-``ValueError`` saying it is text-only. Decoding is greedy, so the same prompts give the same
-answers. ``name`` says which model answered (for provenance columns).
+**Protocol.** ``generate(prompts, *, max_new_tokens=64, images=None, return_errors=False)``
+returns one string per prompt, in order: the model's answer only (no prompt, no special
+tokens), stripped. ``images``, when given, holds one entry per prompt for vision-language
+backends: ``None`` (text only), one encoded image (PNG/JPEG/GIF/WebP ``bytes``) or a sequence
+of encoded images, which the model sees in that order before the prompt's text (an image pair
+for a difference caption). A text-only backend given any image raises ``ValueError`` saying
+it is text-only. Decoding is greedy, so the same prompts give the same answers. ``name`` says
+which model answered (for provenance columns).
+
+**Per-row errors.** With ``return_errors=False`` (the default) the first failing row raises
+(``BackendError``, or ``ValueError`` for input that is wrong before any work, such as bytes
+that are no image format). With ``return_errors=True`` a row that fails on its own -- an HTTP
+error left after the retries, an image that does not decode, a reply without an answer --
+gets a ``BackendError`` (``index``: its row, ``status``: the HTTP status or None) in its slot
+instead of a string and the other rows are answered as usual, so a job records the error on
+that row and goes on. Errors that are not about one row (bad arguments, a text-only backend
+given images, the model failing on a whole batch) still raise.
 
 **Backends.**
 
@@ -20,12 +31,18 @@ answers. ``name`` says which model answered (for provenance columns).
   passed, which Qwen3-style templates read and others ignore), else it is fed raw. Prompts
   are sorted by length and run ``batch_size`` at a time with left padding and greedy
   decoding (``do_sample=False``, whatever the model's generation config says). Text only.
+* ``VisionTransformersBackend`` (``captioner.vlm``): a vision-language model loaded with
+  ``AutoProcessor`` / ``AutoModelForImageTextToText`` (Qwen2.5-VL and the like); images are
+  decoded with PIL and downscaled to ``max_pixels`` before the model's processor; text-only
+  prompts work too. ``backend_from_config`` picks it for ``kind = "transformers"`` when the
+  model's config is an image-text-to-text architecture.
 * ``HttpBackend``: an OpenAI-compatible ``/v1/chat/completions`` server (vLLM, SGLang,
   llama.cpp, TGI, OpenAI itself) over ``urllib``: one request per prompt, ``concurrency``
   in flight at once (servers batch concurrent requests), ``temperature`` 0. Images go in
-  the user content list as base64 ``data:`` URLs before the text. 5xx, 429 and connection
-  errors are retried ``max_retries`` times with exponential backoff; other errors raise
-  ``BackendError`` with the HTTP status and the first 200 characters of the body.
+  the user content list as base64 ``data:`` URLs (one ``image_url`` part per image, in
+  order) before the text. 5xx, 429 and connection errors are retried ``max_retries`` times
+  with exponential backoff; other errors raise ``BackendError`` with the HTTP status and the
+  first 200 characters of the body (with ``return_errors``: the row's error).
 
 ``BackendConfig`` is what configs carry and ``backend_from_config`` builds the backend it
 names. ``ask_yes_no`` and ``ask_short_name`` are the two small question forms the
@@ -46,7 +63,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 from infra.config import require
 
@@ -54,6 +71,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("transformers", "http")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+DEFAULT_MAX_PIXELS = 1024 * 1024  # vision-language backends: images downscaled to this
 # magic bytes -> MIME type of the data URLs HttpBackend sends
 IMAGE_MAGIC = {
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -63,39 +81,88 @@ IMAGE_MAGIC = {
 }
 
 
+# One ``images`` entry: no image, one encoded image, or several shown in order.
+ImageEntry = bytes | Sequence[bytes] | None
+
+
+class BackendError(RuntimeError):
+    """A backend request failed; ``status`` is the HTTP status (None: no response or not
+    HTTP), ``index`` the prompt's row when the failure is that row's alone."""
+
+    def __init__(self, message: str, *, status: int | None = None, index: int | None = None):
+        super().__init__(message)
+        self.status, self.index = status, index
+
+
 @runtime_checkable
 class TextGenBackend(Protocol):
     name: str
+
+    @overload
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        images: Sequence[ImageEntry] | None = None,
+        return_errors: Literal[False] = False,
+    ) -> list[str]: ...
+
+    @overload
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        images: Sequence[ImageEntry] | None = None,
+        return_errors: Literal[True],
+    ) -> list[str | BackendError]: ...
 
     def generate(
         self,
         prompts: Sequence[str],
         *,
         max_new_tokens: int = 64,
-        images: Sequence[bytes | None] | None = None,
-    ) -> list[str]:
-        """One answer per prompt, in order (generated text only, stripped)."""
+        images: Sequence[ImageEntry] | None = None,
+        return_errors: bool = False,
+    ) -> list[Any]:
+        """One answer per prompt, in order (generated text only, stripped); with
+        ``return_errors`` a failed row holds its ``BackendError`` instead."""
         ...
 
 
-class BackendError(RuntimeError):
-    """A backend request failed; ``status`` is the HTTP status (None: no response)."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+def image_list(entry: ImageEntry, index: int) -> list[bytes]:
+    """The encoded images of one ``images`` entry, in order (``[]`` for None)."""
+    if entry is None:
+        return []
+    if isinstance(entry, bytes | bytearray | memoryview):
+        return [bytes(entry)]
+    if isinstance(entry, str) or not isinstance(entry, Sequence):
+        raise ValueError(
+            f"images[{index}]: must be None, encoded image bytes or a sequence of them, "
+            f"got {type(entry).__name__}"
+        )
+    out = []
+    for k, im in enumerate(entry):
+        if not isinstance(im, bytes | bytearray | memoryview):
+            raise ValueError(
+                f"images[{index}][{k}]: must be encoded image bytes, got {type(im).__name__}"
+            )
+        out.append(bytes(im))
+    return out
 
 
 def _check_inputs(
-    prompts: Sequence[str], images: Sequence[bytes | None] | None, max_new_tokens: int
-) -> tuple[list[str], list[bytes | None]]:
+    prompts: Sequence[str], images: Sequence[ImageEntry] | None, max_new_tokens: int
+) -> tuple[list[str], list[list[bytes]]]:
+    """The prompts and, per prompt, its list of encoded images (empty: text only)."""
     prompts = list(prompts)
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
     if bad:
         raise ValueError(f"prompts: must all be strings, got {prompts[bad[0]]!r} at {bad[0]}")
     require(max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be >= 1")
     if images is None:
-        return prompts, [None] * len(prompts)
+        return prompts, [[] for _ in prompts]
     images = list(images)
     require(
         len(images) == len(prompts),
@@ -103,11 +170,11 @@ def _check_inputs(
         f"{len(images)} entries",
         f"must hold one entry per prompt ({len(prompts)})",
     )
-    return prompts, images
+    return prompts, [image_list(im, i) for i, im in enumerate(images)]
 
 
-def _reject_images(backend: str, images: list[bytes | None]) -> None:
-    given = [i for i, im in enumerate(images) if im is not None]
+def _reject_images(backend: str, images: list[list[bytes]]) -> None:
+    given = [i for i, im in enumerate(images) if im]
     if given:
         raise ValueError(
             f"{backend} is text-only, got an image for {len(given)} prompt(s) (first at index "
@@ -121,6 +188,22 @@ def _torch_dtype(dtype: str, device: str) -> Any:
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def resolve_model(model: str, who: str) -> tuple[str, bool]:
+    """``(source, is_local)`` for ``from_pretrained``: an existing folder, else a hub id. A
+    name that looks like a path (``/``, ``.``, ``~`` or two slashes) must be a folder."""
+    path = Path(model).expanduser()
+    looks_local = model.startswith(("/", ".", "~")) or model.count("/") > 1
+    if looks_local and not path.is_dir():
+        raise FileNotFoundError(f"{who}: model folder {str(path)!r} not found")
+    return (str(path), True) if path.is_dir() else (model, False)
+
+
+def load_error(who: str, source: str, is_local: bool, err: Exception) -> OSError:
+    """The OSError raised when ``from_pretrained`` fails, saying where it looked."""
+    where = "local folder" if is_local else "hub id (offline: in the HF cache?)"
+    return OSError(f"{who}: cannot load {source!r} as a {where}: {err}")
 
 
 class TransformersBackend:
@@ -142,11 +225,7 @@ class TransformersBackend:
 
         require(dtype in DTYPES, "dtype", dtype, f"must be one of {list(DTYPES)}")
         require(batch_size >= 1, "batch_size", batch_size, "must be >= 1")
-        path = Path(model).expanduser()
-        looks_local = model.startswith(("/", ".", "~")) or model.count("/") > 1
-        if looks_local and not path.is_dir():
-            raise FileNotFoundError(f"TransformersBackend: model folder {str(path)!r} not found")
-        source = str(path) if path.is_dir() else model
+        source, is_local = resolve_model(model, "TransformersBackend")
         self.name, self.device = model, pick_device(device)
         self.batch_size, self.system_prompt = batch_size, system_prompt
         t0 = time.perf_counter()
@@ -157,8 +236,7 @@ class TransformersBackend:
                 source, dtype=_torch_dtype(dtype, self.device), **kw
             )
         except (OSError, ValueError) as e:
-            where = "local folder" if path.is_dir() else "hub id (offline: in the HF cache?)"
-            raise OSError(f"TransformersBackend: cannot load {source!r} as a {where}: {e}") from e
+            raise load_error("TransformersBackend", source, is_local, e) from e
         self.model.to(self.device).eval()
         tok = self.tokenizer
         tok.padding_side = "left"
@@ -190,8 +268,11 @@ class TransformersBackend:
         prompts: Sequence[str],
         *,
         max_new_tokens: int = 64,
-        images: Sequence[bytes | None] | None = None,
-    ) -> list[str]:
+        images: Sequence[ImageEntry] | None = None,
+        return_errors: bool = False,
+    ) -> list[Any]:
+        """One answer per prompt. Text only, and no row fails on its own here, so
+        ``return_errors`` changes nothing (it is accepted for the protocol)."""
         import torch
 
         prompts, imgs = _check_inputs(prompts, images, max_new_tokens)
@@ -272,14 +353,16 @@ class HttpBackend:
             require(bool(key), "api_key_env", api_key_env, "must name a set environment variable")
             self.headers["Authorization"] = f"Bearer {key}"
 
-    def payload(self, prompt: str, image: bytes | None, index: int, max_new_tokens: int) -> dict:
-        """The JSON body sent for one prompt."""
+    def payload(self, prompt: str, images: ImageEntry, index: int, max_new_tokens: int) -> dict:
+        """The JSON body sent for one prompt: one ``image_url`` part per image, in order, then
+        the text (a plain string content when there is no image)."""
         content: str | list[dict] = prompt
-        if image is not None:
+        encoded = image_list(images, index)
+        if encoded:
             content = [
-                {"type": "image_url", "image_url": {"url": _data_url(image, index)}},
-                {"type": "text", "text": prompt},
+                {"type": "image_url", "image_url": {"url": _data_url(im, index)}} for im in encoded
             ]
+            content.append({"type": "text", "text": prompt})
         messages = [{"role": "user", "content": content}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
@@ -314,13 +397,22 @@ class HttpBackend:
         except json.JSONDecodeError as e:
             raise BackendError(f"{where}: response is not JSON: {raw[:200]}", status=200) from e
 
-    def _one(self, prompt: str, image: bytes | None, index: int, max_new_tokens: int) -> str:
-        reply = self._post(self.payload(prompt, image, index, max_new_tokens))
+    def _one(
+        self, prompt: str, images: list[bytes], index: int, max_new_tokens: int, keep: bool
+    ) -> str | BackendError:
+        """One prompt's answer; with ``keep`` a failure is returned (``index`` set)."""
         try:
-            content = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as e:
-            preview = json.dumps(reply)[:200]
-            raise BackendError(f"{self.url}: no choices[0].message in reply: {preview}") from e
+            reply = self._post(self.payload(prompt, images, index, max_new_tokens))
+            try:
+                content = reply["choices"][0]["message"]["content"]
+            except (KeyError, IndexError, TypeError) as e:
+                preview = json.dumps(reply)[:200]
+                raise BackendError(f"{self.url}: no choices[0].message in reply: {preview}") from e
+        except BackendError as e:
+            e.index = index if e.index is None else e.index
+            if keep:
+                return e
+            raise
         return (content or "").strip()
 
     def generate(
@@ -328,18 +420,32 @@ class HttpBackend:
         prompts: Sequence[str],
         *,
         max_new_tokens: int = 64,
-        images: Sequence[bytes | None] | None = None,
-    ) -> list[str]:
+        images: Sequence[ImageEntry] | None = None,
+        return_errors: bool = False,
+    ) -> list[Any]:
         prompts, imgs = _check_inputs(prompts, images, max_new_tokens)
-        for i, im in enumerate(imgs):  # bad image bytes fail before any request
-            if im is not None:
-                _mime(im, i)
-        pairs = enumerate(zip(prompts, imgs, strict=True))
-        jobs = [(p, im, i, max_new_tokens) for i, (p, im) in pairs]
+        out: list[Any] = [None] * len(prompts)
+        for i, ims in enumerate(imgs):  # bad image bytes fail before any request
+            try:
+                for im in ims:
+                    _mime(im, i)
+            except ValueError as e:
+                if not return_errors:
+                    raise
+                out[i] = BackendError(str(e), index=i)
+        jobs = [
+            (p, ims, i, max_new_tokens, return_errors)
+            for i, (p, ims) in enumerate(zip(prompts, imgs, strict=True))
+            if out[i] is None
+        ]
         if self.concurrency == 1 or len(jobs) <= 1:
-            return [self._one(*job) for job in jobs]
-        with ThreadPoolExecutor(min(self.concurrency, len(jobs))) as pool:
-            return list(pool.map(lambda job: self._one(*job), jobs))
+            answers = [self._one(*job) for job in jobs]
+        else:
+            with ThreadPoolExecutor(min(self.concurrency, len(jobs))) as pool:
+                answers = list(pool.map(lambda job: self._one(*job), jobs))
+        for job, answer in zip(jobs, answers, strict=True):
+            out[job[2]] = answer
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -347,7 +453,9 @@ class BackendConfig:
     """Which text-generation backend answers prompts."""
 
     kind: str = "transformers"
-    """``transformers`` (a local causal LM) or ``http`` (an OpenAI-compatible server)."""
+    """``transformers`` (a local model: a vision-language one when its config is an
+    image-text-to-text architecture, else a causal LM) or ``http`` (an OpenAI-compatible
+    server)."""
     model: str
     """transformers: hub id or local folder. http: the model name the server serves."""
     url: str | None = None
@@ -367,6 +475,10 @@ class BackendConfig:
     """http only: environment variable holding the bearer token (none: no auth header)."""
     timeout: float = 60
     """http only: seconds per request."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """transformers only, vision-language models: decoded images are downscaled (aspect kept)
+    to at most this many pixels before the model's processor, which then applies its own
+    limits; 0: no downscaling. An http server resizes images itself."""
 
     def __post_init__(self) -> None:
         require(self.kind in KINDS, "kind", self.kind, f"must be one of {list(KINDS)}")
@@ -375,6 +487,7 @@ class BackendConfig:
         require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be >= 1")
         require(self.dtype in DTYPES, "dtype", self.dtype, f"must be one of {list(DTYPES)}")
         require(self.timeout > 0, "timeout", self.timeout, "must be > 0")
+        require(self.max_pixels >= 0, "max_pixels", self.max_pixels, "must be >= 0 (0: no limit)")
         if self.kind == "http":
             require(self.url is not None, "url", self.url, "is required with kind = 'http'")
             require(
@@ -383,14 +496,36 @@ class BackendConfig:
             for name in ("device", "dtype"):
                 value = getattr(self, name)
                 require(value == "auto", name, value, "applies to kind = 'transformers' only")
+            require(
+                self.max_pixels == DEFAULT_MAX_PIXELS,
+                "max_pixels",
+                self.max_pixels,
+                "applies to kind = 'transformers' only (the server resizes images)",
+            )
         else:
             for name in ("url", "api_key_env"):
                 value = getattr(self, name)
                 require(value is None, name, value, "applies to kind = 'http' only")
 
 
+def is_vision_language(model: str) -> bool:
+    """Whether ``model`` (hub id or folder) has an image-text-to-text config, i.e. loads with
+    ``AutoModelForImageTextToText``. False when its config cannot be read (the causal-LM
+    loader then reports why)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    try:
+        source, _ = resolve_model(model, "is_vision_language")
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return False
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
 def backend_from_config(cfg: BackendConfig) -> TextGenBackend:
-    """The backend ``cfg`` names (a transformers model is loaded now)."""
+    """The backend ``cfg`` names (a transformers model is loaded now: a vision-language model
+    as ``VisionTransformersBackend``, any other as ``TransformersBackend``)."""
     if cfg.kind == "http":
         assert cfg.url is not None  # checked by BackendConfig
         return HttpBackend(
@@ -400,6 +535,17 @@ def backend_from_config(cfg: BackendConfig) -> TextGenBackend:
             timeout=cfg.timeout,
             system_prompt=cfg.system_prompt,
             concurrency=cfg.batch_size,
+        )
+    if is_vision_language(cfg.model):
+        from captioner.vlm import VisionTransformersBackend  # vlm imports this module
+
+        return VisionTransformersBackend(
+            cfg.model,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            batch_size=cfg.batch_size,
+            system_prompt=cfg.system_prompt,
+            max_pixels=cfg.max_pixels or None,
         )
     return TransformersBackend(
         cfg.model,

@@ -4,8 +4,9 @@ Prompts live in ``captioner/prompts/<version>/`` as plain text files with ``{pla
 (``str.format``): ``ocr`` (transcribe all visible text, untranslated), ``captions`` (the five
 caption types as one JSON object, conditioned on the OCR transcript and on world-knowledge
 context), ``diff_describe`` / ``diff_analyse`` / ``diff_instruct`` (the three steps of a
-difference caption). ``prompt_version`` is ``<version>-<sha256 of the files, 8 hex>``, so
-editing a prompt without bumping the folder still changes the recorded version.
+difference caption, run by :func:`difference_captions`). ``prompt_version`` is
+``<version>-<sha256 of the files, 8 hex>``, so editing a prompt without bumping the folder
+still changes the recorded version.
 
 Answers are parsed into typed fields and validated; what cannot be repaired safely raises
 ``Rejected`` with a short reason (the caller keeps the row's alt caption and writes a
@@ -22,20 +23,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+from infra.tables import CAPTION_COLUMNS
 
 PROMPTS = Path(__file__).parent / "prompts"
 PROMPT_NAMES = ("ocr", "captions", "diff_describe", "diff_analyse", "diff_instruct")
 LANGUAGES = {"en": "English", "zh": "Simplified Chinese"}
-CAPTION_FIELDS = (
-    "caption_long",
-    "caption_medium",
-    "caption_short",
-    "caption_tags",
-    "caption_user_prompt",
-)
+CAPTION_FIELDS = CAPTION_COLUMNS
 _ALIASES = {
     "long": "caption_long",
     "medium": "caption_medium",
@@ -157,6 +156,145 @@ def parse_instruction(answer: str, *, language: str, max_words: int = 40) -> str
     if _size(text) > max_words:
         raise Rejected(f"edit_instruction is longer than {max_words} words")
     return text
+
+
+def parse_description(answer: str, name: str = "caption") -> str:
+    """A free-text description (difference captions' step 1): one paragraph, not empty, not
+    looping."""
+    text = " ".join(_unfence(answer).split()).strip("\"“”'")
+    if len(text) < 3:
+        raise Rejected(f"{name} is empty")
+    _check_degenerate(text, name)
+    return text
+
+
+def parse_differences(answer: str) -> str:
+    """The difference list (step 2), asked for as a JSON array of strings: returned one
+    difference per line. A fence, prose around the array and trailing commas are repaired."""
+    text = _unfence(answer)
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end <= start:
+        raise Rejected("no JSON list of differences in the answer")
+    items = None
+    body = text[start : end + 1]
+    for candidate in (body, re.sub(r",\s*\]", "]", body)):
+        try:
+            items = json.loads(candidate)
+            break
+        except json.JSONDecodeError:
+            continue
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise Rejected("the differences are not a JSON list of strings")
+    lines = [" ".join(x.split()) for x in items if x.strip()]
+    if not lines:
+        raise Rejected("no differences listed")
+    text = "\n".join(lines)
+    _check_degenerate(text, "differences")
+    return text
+
+
+# -- difference captions ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiffCaption:
+    """The three steps of a difference caption for one (source, target) image pair."""
+
+    caption_source: str
+    caption_target: str
+    differences: str
+    edit_instruction: str
+    language: str
+    prompt_version: str
+
+
+def difference_captions(
+    backend: Any,
+    pairs: Sequence[tuple[bytes, bytes]],
+    *,
+    prompts: Prompts | None = None,
+    language: str = "en",
+    max_new_tokens: int = 384,
+) -> list[DiffCaption | Exception]:
+    """Difference captions for image pairs (the report's three steps), batched per step:
+
+    1. a detailed caption of each image (``diff_describe``, one image per prompt);
+    2. a difference analysis from both images and both captions (``diff_analyse``);
+    3. a concise editing instruction from the differences (``diff_instruct``, text only).
+
+    One entry per pair: a :class:`DiffCaption`, or the exception that stopped it -- a
+    :class:`Rejected` (its reason says which step's answer failed validation) or the
+    backend's per-row error. Pairs that fail a step are not asked the next one."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language {language!r}: one of {sorted(LANGUAGES)}")
+    prompts = prompts or load_prompts()
+    out: list[DiffCaption | Exception | None] = [None] * len(pairs)
+
+    def ask(rows: list[int], texts: list[str], images: list[Any] | None) -> dict[int, str]:
+        if not rows:
+            return {}
+        answers = backend.generate(
+            texts, images=images, max_new_tokens=max_new_tokens, return_errors=True
+        )
+        got = {}
+        for row, answer in zip(rows, answers, strict=True):
+            if isinstance(answer, BaseException):
+                out[row] = answer if isinstance(answer, Exception) else RuntimeError(str(answer))
+            else:
+                got[row] = answer
+        return got
+
+    def parsed(answers: dict[int, str], parse: Any, step: str) -> dict[int, str]:
+        ok = {}
+        for row, answer in answers.items():
+            try:
+                ok[row] = parse(answer)
+            except Rejected as err:
+                out[row] = Rejected(f"{step}: {err}")
+        return ok
+
+    describe = prompts.render("diff_describe")
+    rows = list(range(len(pairs)))
+    # step 1: source captions and target captions in one batch
+    flat = [(i, side) for i in rows for side in (0, 1)]
+    answers = backend.generate(
+        [describe] * len(flat),
+        images=[pairs[i][side] for i, side in flat],
+        max_new_tokens=max_new_tokens,
+        return_errors=True,
+    )
+    captions: dict[tuple[int, int], str] = {}
+    for (i, side), answer in zip(flat, answers, strict=True):
+        if out[i] is not None:
+            continue
+        if isinstance(answer, BaseException):
+            out[i] = answer if isinstance(answer, Exception) else RuntimeError(str(answer))
+            continue
+        try:
+            captions[i, side] = parse_description(answer, ("source", "target")[side] + " caption")
+        except Rejected as err:
+            out[i] = Rejected(f"describe: {err}")
+    rows = [i for i in rows if out[i] is None]
+    # step 2: differences, from both images and both captions
+    texts = [
+        prompts.render("diff_analyse", caption_a=captions[i, 0], caption_b=captions[i, 1])
+        for i in rows
+    ]
+    diffs = parsed(ask(rows, texts, [list(pairs[i]) for i in rows]), parse_differences, "analyse")
+    # step 3: the instruction, from the differences alone
+    rows = sorted(diffs)
+    texts = [
+        prompts.render("diff_instruct", differences=diffs[i], language=LANGUAGES[language])
+        for i in rows
+    ]
+    instructions = parsed(
+        ask(rows, texts, None),
+        lambda a: parse_instruction(a, language=language),
+        "instruct",
+    )
+    for i, instruction in instructions.items():
+        out[i] = DiffCaption(
+            captions[i, 0], captions[i, 1], diffs[i], instruction, language, prompts.version
+        )
+    return [o if o is not None else RuntimeError("no result") for o in out]
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from infra.storage import (
     write_bytes_atomic,
     write_parquet_atomic,
 )
-from infra.tables import SHARD, conform
+from infra.tables import CAPTION_COLUMNS, SHARD, conform
 
 MANIFEST_FORMAT = "zfoundry.manifest/1"
 # Per-sample tables joined to samples when present (LEFT JOIN, so predicates may use them).
@@ -40,7 +40,9 @@ BALANCE = ("weights", "concepts", "none")
 # Editing pairs whose target passes the recipe (``selected``) and whose source image is
 # decodable become i2i rows: the target's image, size, weight and concepts, the source's bytes.
 I2I_QUERY = (
-    "SELECT p.pair_id AS sample_id, sel.image, sel.uri, sel.caption_alt, sel.width, sel.height, "
+    "SELECT p.pair_id AS sample_id, sel.image, sel.uri, sel.caption_alt, "
+    + ", ".join(f"NULL::VARCHAR AS {c}" for c in CAPTION_COLUMNS)
+    + ", sel.width, sel.height, "
     "sel.sampling_weight, 'i2i' AS task, sel.concepts, sel.profiled_sha256, "
     "src.image AS source_image, src.uri AS source_uri, sp.content_sha256 AS source_sha256, "
     "p.instruction FROM edit_pairs p JOIN selected sel ON sel.sample_id = p.target_id "
@@ -150,14 +152,19 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
     elif balance == "concepts":
         frm, weight = _balance_by_concepts(run, con, frm, where)
     concepts = "weights.concepts" if has_weights else "NULL::BIGINT[]"
+    captioned = "captions" in catalog.views(con)
+    captions = ", ".join(
+        f"captions.{c}" if captioned else f"NULL::VARCHAR AS {c}" for c in CAPTION_COLUMNS
+    )
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW selected AS SELECT samples.sample_id, samples.image, "
-        f"samples.uri, samples.caption_alt, profiles.width, profiles.height, "
+        f"samples.uri, samples.caption_alt, {captions}, profiles.width, profiles.height, "
         f"{weight} AS sampling_weight, {concepts} AS concepts, "
         f"profiles.content_sha256 AS profiled_sha256 FROM {frm} WHERE {where}"
     )
     query = (
-        "SELECT sample_id, image, uri, caption_alt, width, height, sampling_weight, "
+        f"SELECT sample_id, image, uri, caption_alt, {', '.join(CAPTION_COLUMNS)}, width, "
+        "height, sampling_weight, "
         "'t2i' AS task, concepts, profiled_sha256, NULL::BLOB AS source_image, "
         "NULL AS source_uri, NULL AS source_sha256, NULL::VARCHAR AS instruction FROM selected"
     )

@@ -2,8 +2,7 @@
 
 Writers call :func:`conform` before writing, so a table on disk always has exactly its
 contract's columns, in order and with these types. ``vectors`` / ``text_vectors`` depend on
-the model's dimension (:func:`vectors_schema`). Later issues add their tables here
-(``dedup``, ``knn_edges``, ``weights``, ``captions``, ...).
+the model's dimension (:func:`vectors_schema`). Later issues add their tables here.
 """
 
 from __future__ import annotations
@@ -57,13 +56,27 @@ REJECTS = pa.schema(
     ]
 )
 
-# Curated shard rows (the trainer's input). Caption columns beyond `caption_alt` and the
-# i2i columns are added by the captioner / editing-pair issues.
+# The generated caption columns (captions/ -> shards -> the trainer's caption sampling).
+CAPTION_COLUMNS = (
+    "caption_long",
+    "caption_medium",
+    "caption_short",
+    "caption_tags",
+    "caption_user_prompt",
+)
+
+# Curated shard rows (the trainer's input).
 SHARD = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("image", pa.binary(), nullable=False),
         pa.field("caption_alt", pa.string()),
+        # captions/ (null when the sample was not captioned or its captions were rejected)
+        pa.field("caption_long", pa.string()),
+        pa.field("caption_medium", pa.string()),
+        pa.field("caption_short", pa.string()),
+        pa.field("caption_tags", pa.string()),
+        pa.field("caption_user_prompt", pa.string()),
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("sampling_weight", pa.float64(), nullable=False),
@@ -155,6 +168,26 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(arr.flatten()).reshape(len(arr), -1).astype(np.float32)
 
 
+# One row per sample (zfoundry caption). A row whose captions were rejected keeps its OCR
+# text, has null caption columns and `error` set (a rejects/ row says why); `caption_tags`
+# is comma-separated; `prompt_version` names the prompt files (captioner.programs).
+CAPTIONS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("caption_long", pa.string()),
+        pa.field("caption_medium", pa.string()),
+        pa.field("caption_short", pa.string()),
+        pa.field("caption_tags", pa.string()),
+        pa.field("caption_user_prompt", pa.string()),
+        pa.field("ocr_text", pa.string()),  # "" when the image has no text; null: OCR failed
+        pa.field("caption_lang", pa.string()),  # en | zh
+        pa.field("prompt_version", pa.string()),
+        pa.field("model", pa.string()),  # the captioning backend; null: OCR only
+        pa.field("ocr_engine", pa.string()),  # rapidocr-... | the VLM | null: no OCR
+        pa.field("error", pa.string()),
+    ]
+)
+
 # Samples nearest to failure cases (zfoundry prune); recipes exclude them with
 # "sample_id NOT IN (SELECT sample_id FROM prune)".
 PRUNE = pa.schema(
@@ -174,6 +207,7 @@ TABLES: dict[str, pa.Schema] = {
     "scores": SCORES,
     "dedup": DEDUP,
     "knn_edges": KNN_EDGES,
+    "captions": CAPTIONS,
 }
 
 # Stage outputs may carry this extra column next to `error`; the framework moves it into

@@ -169,6 +169,25 @@ def kept_nodes(kg_dir: str | Path) -> pa.Table:
     return nodes
 
 
+def concept_names(kg_dir: str | Path) -> list[str | None]:
+    """Name of every id a ``weights.concepts`` list can hold: page titles for node ids (None
+    for nodes pruning dropped), taxonomy names for concept ids (``>= graph_size``)."""
+    kg_dir = Path(kg_dir)
+    nodes = kept_nodes(kg_dir)
+    names: list[str | None] = [None] * graph_size(kg_dir)
+    for node, title in zip(
+        nodes.column("node_id").to_pylist(), nodes.column("title").to_pylist(), strict=True
+    ):
+        names[node] = title
+    if read_settings(kg_dir) is not None:
+        concepts = read_concepts(kg_dir)[0]
+        ids = concepts.column("concept_id").to_pylist()
+        names += [None] * max(0, max(ids, default=-1) + 1 - len(names))
+        for cid, name in zip(ids, concepts.column("name").to_pylist(), strict=True):
+            names[cid] = name
+    return names
+
+
 def _keys(titles: Sequence[str]) -> list[str | None]:
     return [normalise_tag(t) for t in titles]
 

@@ -169,12 +169,14 @@ SetOpt = Annotated[
 
 def _stage(cls, section: str, config: Path | None, set_: list[str] | None):
     """A stage from ``[section]`` of a pipeline file (or defaults) with --set overrides."""
-    from infra.config import from_dict, load_toml
+    from infra.config import apply_overrides, from_dict, load_toml
 
     overrides = _parse_set(set_ or [])
     if config:
         return load_toml(cls, config, section=section, overrides=overrides, relative_paths=True)
-    return from_dict(cls, overrides, source="CLI")
+    data: dict[str, Any] = {}
+    apply_overrides(cls, data, overrides)  # dotted keys (--set backend.model=...) too
+    return from_dict(cls, data, source="CLI")
 
 
 def _executor(kind: ExecutorKind, address: str | None):
@@ -237,6 +239,66 @@ def embed(
         from pipelines.summary import print_summary
 
         print_summary(RunDir(run_dir), {"embed": stats, "embed_text": text}, Console())
+
+
+class OcrMode(StrEnum):
+    rapidocr = "rapidocr"
+    vlm = "vlm"
+    none = "none"
+
+
+@app.command()
+def caption(
+    run_dir: RunArg,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Captioning VLM: a hub id or local folder (transformers), or with --url the "
+            "model name the server serves. Unset: OCR only."
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible server (vLLM, SGLang), e.g. http://host:8000/v1."),
+    ] = None,
+    ocr: Annotated[OcrMode | None, typer.Option(help="OCR engine (default: rapidocr).")] = None,
+    executor: ExecutorOpt = ExecutorKind.ray,
+    address: AddressOpt = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Take \\[caption] settings from this pipeline file.")
+    ] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """OCR-first multi-level captions: captions/ (one row per sample) and rejects/.
+
+    Each image is transcribed first (RapidOCR's PP-OCR models, offline), then a vision-language
+    model writes long, medium and short captions, tags and a user-style prompt from the image,
+    the transcript and what the run knows (alt text, page title, knowledge-graph concepts).
+    Answers that fail validation leave the caption columns null and a rejects/ row with the
+    reason. See docs/captioner.md for serving a real VLM with vLLM.
+    """
+    from captioner.stage import CaptionStage
+    from pipelines.steps import caption_stage
+
+    extra = list(set_ or [])
+    if model is not None:
+        extra.append(f"backend.model={json.dumps(model)}")
+        extra.append(f"backend.kind={json.dumps('http' if url else 'transformers')}")
+    if url is not None:
+        extra.append(f"backend.url={json.dumps(url)}")
+    if ocr is not None:
+        extra.append(f"ocr={json.dumps(ocr.value)}")
+    try:
+        if url is not None and model is None:
+            raise ConfigError("--url needs --model (the name the server serves)", source="CLI",
+                              key="--url")  # fmt: skip
+        run = _existing_run(run_dir)
+        stage = caption_stage(run, _stage(CaptionStage, "caption", config, extra))
+        stats = _executor(executor, address).run_stage(stage, run)
+    except (ConfigError, RuntimeError, ValueError, OSError) as err:
+        _fail(err)
+    _report(run_dir, "caption", stats, as_json)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from captioner.stage import CaptionStage
 from curation.dedup.run import DedupConfig
 from curation.ingest import Source
 from curation.stages.embed import EmbedImagesStage
@@ -21,7 +22,16 @@ from knowledge_graph.concepts import TaxonomyStep
 from knowledge_graph.sampling import WeightsConfig
 
 Step = Literal[
-    "ingest", "profile", "embed", "score", "dedup", "prune", "taxonomy", "weights", "select"
+    "ingest",
+    "profile",
+    "embed",
+    "score",
+    "dedup",
+    "prune",
+    "taxonomy",
+    "weights",
+    "caption",
+    "select",
 ]
 STEPS: tuple[Step, ...] = ("ingest", "profile", "select")
 
@@ -113,6 +123,8 @@ class PipelineConfig:
     when listed; ``kg`` names the graph)."""
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     """Sampling weights (tags, optional knowledge graph, BM25 parameters)."""
+    caption: CaptionStage = field(default_factory=CaptionStage)
+    """OCR engine, captioning backend and prompts of the caption step (default: OCR only)."""
     select: SelectConfig | None = None
     """Settings of the select step (required when it is listed)."""
 

@@ -12,6 +12,8 @@ import sys
 import typing
 from pathlib import Path
 
+from captioner.backends import BackendConfig
+from captioner.stage import CaptionStage
 from curation.dedup.run import DedupConfig
 from curation.ingest import Source
 from curation.select import Recipe, Sampling
@@ -41,6 +43,8 @@ SECTIONS = [
     ("Pipeline file: `[prune]`", PruneConfig),
     ("Pipeline file: `[weights]`", WeightsConfig),
     ("Pipeline file: `[weights.bm25]`", WeightConfig),
+    ("Pipeline file: `[caption]`", CaptionStage),
+    ("Pipeline file: `[caption.backend]`", BackendConfig),
     ("Pipeline file: `[select]`", SelectConfig),
     ("Recipe: top level", Recipe),
     ("Recipe: `[sampling]`", Sampling),

@@ -1,4 +1,5 @@
-"""The steps a pipeline can list, each resumable: ``ingest``, ``profile``, ``select``.
+"""The steps a pipeline can list (``ingest``, ``profile``, ``caption``, ``select``, ...), each
+resumable.
 
 Every step writes ``RUN_DIR/stats/<step>.json`` and returns the same counters.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from captioner.stage import CaptionStage
 from curation.dedup.run import dedup
 from curation.ingest import iter_samples, materialize, validate_source
 from curation.select import Recipe, select
@@ -136,6 +138,23 @@ def score_stage(run: RunDir, stage: ScoreStage) -> ScoreStage:
     return ScoreStage(**fields)
 
 
+def caption(run: RunDir, cfg: PipelineConfig) -> dict[str, Any]:
+    return _executor(cfg).run_stage(caption_stage(run, cfg.caption), run)
+
+
+def caption_stage(run: RunDir, stage: CaptionStage) -> CaptionStage:
+    """``stage`` with the run's ``weights/`` (and the knowledge graph it used) filled in, so
+    prompts can name the concepts matched to each sample; unchanged without weights/."""
+    if not stage.context or not run.exists(run.success_path("weights")):
+        return stage
+    settings = run.read_json(run.path("weights", "_settings.json"))
+    if not settings.get("kg"):
+        return stage
+    return CaptionStage(
+        **to_dict(stage) | {"weights_table": run.uri("weights"), "kg": settings["kg"]}
+    )
+
+
 def prune_step(run: RunDir, cfg: PruneConfig) -> dict[str, Any]:
     """Samples nearest to the failure cases -> prune/ (recipes exclude them by subquery)."""
     from curation.retrieval import image_files, run_prune
@@ -190,6 +209,8 @@ def run_pipeline(
             results[step] = profile(run, cfg)
         elif step == "score":
             results[step] = score(run, cfg)
+        elif step == "caption":
+            results[step] = caption(run, cfg)
         elif step == "dedup":
             ex = _executor(cfg)
             results[step] = dedup(run, cfg.dedup, task_map=ex.map_tasks, progress=ex.progress)

@@ -30,19 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra import tables
 from infra.config import Location, require
 from trainer.flow import TimestepConfig
 
 NOT_SET = Location("")  # an optional path or URI left empty
 
-CAPTION_COLUMNS = (
-    "caption_long",
-    "caption_medium",
-    "caption_short",
-    "caption_tags",
-    "caption_user_prompt",
-    "caption_alt",
-)
+# the captioner's columns, then the metadata caption every shard has
+CAPTION_COLUMNS = (*tables.CAPTION_COLUMNS, "caption_alt")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,8 +24,9 @@ from infra.stage import Stage
 from infra.storage import RunDir, redact_all, shard_name
 from infra.tables import ERROR_DETAIL, REJECTS, conform
 
-# Stage fields that do not change outputs (may differ between a run and its resume).
-RUNTIME_FIELDS = frozenset({"batch_rows"})
+# Stage fields that do not change outputs (may differ between a run and its resume):
+# batch sizes, and where the caption stage reads weights/ (its `kg` is recorded).
+RUNTIME_FIELDS = frozenset({"batch_rows", "weights_table"})
 
 
 class StageInputMissing(RuntimeError):
