@@ -82,7 +82,11 @@ def test_vae_latents_and_pixels_as_the_pipeline(ref, zimage_dir):
     mode = ref.vae.encode(x).latent_dist.mode()
     torch.testing.assert_close(z, (mode - 0.1159) * 0.3611, atol=1e-6, rtol=0)
     decoded = vae.decode(z)
-    torch.testing.assert_close(decoded, ref.vae.decode(mode, return_dict=False)[0])
+    # the same module on the same latents; only oneDNN's summation order may differ (a
+    # fresh venv measured 1.3e-5 on 1 of 30720 values)
+    torch.testing.assert_close(
+        decoded, ref.vae.decode(mode, return_dict=False)[0], atol=1e-4, rtol=1e-5
+    )
     pil = vae.postprocess(decoded)
     assert pil[0].size == (128, 80)
     assert np.array_equal(np.asarray(pil[0]), np.asarray(processor.postprocess(decoded)[0]))
