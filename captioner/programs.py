@@ -109,7 +109,7 @@ class CaptionSet:
 
 def parse_captions(answer: str, *, ocr_text: str, language: str) -> CaptionSet:
     """The five captions from a ``captions`` answer, validated (see the module docstring)."""
-    data = _json_object(answer)
+    data = _json_value(answer, dict, missing="no JSON object in the answer")
     fields: dict[str, object] = {}
     for key, value in data.items():
         name = re.sub(r"[^a-z]+", "_", str(key).lower()).strip("_")
@@ -171,19 +171,8 @@ def parse_description(answer: str, name: str = "caption") -> str:
 def parse_differences(answer: str) -> str:
     """The difference list (step 2), asked for as a JSON array of strings: returned one
     difference per line. A fence, prose around the array and trailing commas are repaired."""
-    text = _unfence(answer)
-    start, end = text.find("["), text.rfind("]")
-    if start < 0 or end <= start:
-        raise Rejected("no JSON list of differences in the answer")
-    items = None
-    body = text[start : end + 1]
-    for candidate in (body, re.sub(r",\s*\]", "]", body)):
-        try:
-            items = json.loads(candidate)
-            break
-        except json.JSONDecodeError:
-            continue
-    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+    items = _json_value(answer, list, missing="no JSON list of differences in the answer")
+    if not all(isinstance(x, str) for x in items):
         raise Rejected("the differences are not a JSON list of strings")
     lines = [" ".join(x.split()) for x in items if x.strip()]
     if not lines:
@@ -227,72 +216,64 @@ def difference_captions(
         raise ValueError(f"language {language!r}: one of {sorted(LANGUAGES)}")
     prompts = prompts or load_prompts()
     out: list[DiffCaption | Exception | None] = [None] * len(pairs)
+    # keys are (pair, ...): a pair's first failure is kept and stops its later steps
 
-    def ask(rows: list[int], texts: list[str], images: list[Any] | None) -> dict[int, str]:
-        if not rows:
-            return {}
+    def ask(keys: list[tuple], texts: list[str], images: list[Any] | None) -> dict[tuple, str]:
         answers = backend.generate(
             texts, images=images, max_new_tokens=max_new_tokens, return_errors=True
-        )
+        ) if keys else []  # fmt: skip
         got = {}
-        for row, answer in zip(rows, answers, strict=True):
-            if isinstance(answer, BaseException):
-                out[row] = answer if isinstance(answer, Exception) else RuntimeError(str(answer))
-            else:
-                got[row] = answer
+        for key, answer in zip(keys, answers, strict=True):
+            if out[key[0]] is None and isinstance(answer, BaseException):
+                out[key[0]] = answer if isinstance(answer, Exception) else RuntimeError(answer)
+            elif out[key[0]] is None:
+                got[key] = answer
         return got
 
-    def parsed(answers: dict[int, str], parse: Any, step: str) -> dict[int, str]:
+    def parsed(answers: dict[tuple, str], parse: Any, step: str) -> dict[tuple, str]:
         ok = {}
-        for row, answer in answers.items():
+        for key, answer in answers.items():
+            if out[key[0]] is not None:
+                continue
             try:
-                ok[row] = parse(answer)
+                ok[key] = parse(answer, key)
             except Rejected as err:
-                out[row] = Rejected(f"{step}: {err}")
+                out[key[0]] = Rejected(f"{step}: {err}")
         return ok
 
-    describe = prompts.render("diff_describe")
-    rows = list(range(len(pairs)))
     # step 1: source captions and target captions in one batch
-    flat = [(i, side) for i in rows for side in (0, 1)]
-    answers = backend.generate(
-        [describe] * len(flat),
-        images=[pairs[i][side] for i, side in flat],
-        max_new_tokens=max_new_tokens,
-        return_errors=True,
+    sides = [(i, side) for i in range(len(pairs)) for side in (0, 1)]
+    describe = [prompts.render("diff_describe")] * len(sides)
+    captions = parsed(
+        ask(sides, describe, [pairs[i][side] for i, side in sides]),
+        lambda a, key: parse_description(a, ("source", "target")[key[1]] + " caption"),
+        "describe",
     )
-    captions: dict[tuple[int, int], str] = {}
-    for (i, side), answer in zip(flat, answers, strict=True):
-        if out[i] is not None:
-            continue
-        if isinstance(answer, BaseException):
-            out[i] = answer if isinstance(answer, Exception) else RuntimeError(str(answer))
-            continue
-        try:
-            captions[i, side] = parse_description(answer, ("source", "target")[side] + " caption")
-        except Rejected as err:
-            out[i] = Rejected(f"describe: {err}")
-    rows = [i for i in rows if out[i] is None]
     # step 2: differences, from both images and both captions
+    rows = [(i,) for i in range(len(pairs)) if out[i] is None]
     texts = [
         prompts.render("diff_analyse", caption_a=captions[i, 0], caption_b=captions[i, 1])
-        for i in rows
+        for (i,) in rows
     ]
-    diffs = parsed(ask(rows, texts, [list(pairs[i]) for i in rows]), parse_differences, "analyse")
+    diffs = parsed(
+        ask(rows, texts, [list(pairs[i]) for (i,) in rows]),
+        lambda a, _: parse_differences(a),
+        "analyse",
+    )
     # step 3: the instruction, from the differences alone
     rows = sorted(diffs)
     texts = [
-        prompts.render("diff_instruct", differences=diffs[i], language=LANGUAGES[language])
-        for i in rows
+        prompts.render("diff_instruct", differences=diffs[key], language=LANGUAGES[language])
+        for key in rows
     ]
     instructions = parsed(
         ask(rows, texts, None),
-        lambda a: parse_instruction(a, language=language),
+        lambda a, _: parse_instruction(a, language=language),
         "instruct",
     )
-    for i, instruction in instructions.items():
+    for (i,), instruction in instructions.items():
         out[i] = DiffCaption(
-            captions[i, 0], captions[i, 1], diffs[i], instruction, language, prompts.version
+            captions[i, 0], captions[i, 1], diffs[(i,)], instruction, language, prompts.version
         )
     return [o if o is not None else RuntimeError("no result") for o in out]
 
@@ -303,18 +284,22 @@ def _unfence(text: str) -> str:
     return match.group(1) if match else text
 
 
-def _json_object(answer: str) -> dict:
+def _json_value(answer: str, kind: type, *, missing: str) -> Any:
+    """The outermost JSON object (``kind=dict``) or array (``list``) in ``answer``, after the
+    safe repairs (code fence, prose around it, trailing commas); ``missing`` is the reason
+    when there is none."""
     text = _unfence(answer)
-    start, end = text.find("{"), text.rfind("}")
+    opening, closing = "{}" if kind is dict else "[]"
+    start, end = text.find(opening), text.rfind(closing)
     if start < 0 or end <= start:
-        raise Rejected("no JSON object in the answer")
+        raise Rejected(missing)
     body = text[start : end + 1]
     for candidate in (body, re.sub(r",\s*([}\]])", r"\1", body)):  # trailing commas
         try:
             data = json.loads(candidate)
         except json.JSONDecodeError:
             continue
-        if isinstance(data, dict):
+        if isinstance(data, kind):
             return data
     raise Rejected("the answer's JSON does not parse")
 

@@ -103,6 +103,7 @@ class CaptionStage(Stage):
     _ocr: Any = field(default=None, init=False, repr=False)
     _prompts: Prompts | None = field(default=None, init=False, repr=False)
     _names: pa.Array | None = field(default=None, init=False, repr=False)
+    _weights: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.backend, dict):  # built from to_dict() on a Ray worker
@@ -154,15 +155,18 @@ class CaptionStage(Stage):
             from captioner.backends import backend_from_config
 
             self._backend = backend_from_config(self.backend)
-        if self.context and self.kg:
+        if self.context and self.kg and self.weights_table:
+            import pyarrow.dataset as pads
+
+            from infra.storage import resolve_uri
             from knowledge_graph.concepts import concept_names
 
             self._names = pa.array(concept_names(self.kg), pa.string())
+            fs, root = resolve_uri(self.weights_table)  # files named _* are skipped
+            self._weights = pads.dataset(root, filesystem=fs, format="parquet")
 
     # -- one batch -------------------------------------------------------------------------
     def process_batch(self, table: pa.Table) -> pa.Table:
-        if self._prompts is None:
-            self.setup()
         ids = table.column("sample_id").to_pylist()
         rows = [_Row(sid) for sid in ids]
         for row, data, uri in zip(
@@ -286,21 +290,14 @@ class CaptionStage(Stage):
 
     def _concepts(self, ids: pa.ChunkedArray) -> list[list[str]]:
         """Names of the concepts ``weights/`` matched to each sample (empty without one)."""
-        empty: list[list[str]] = [[] for _ in range(len(ids))]
-        if self._names is None or not self.weights_table:
-            return empty
-        import pyarrow.dataset as pads
-
-        from infra.storage import resolve_uri
-
-        fs, root = resolve_uri(self.weights_table)
-        ds = pads.dataset(root, filesystem=fs, format="parquet", exclude_invalid_files=True)
-        part = ds.to_table(
+        out: list[list[str]] = [[] for _ in range(len(ids))]
+        if self._names is None or self._weights is None:
+            return out
+        part = self._weights.to_table(
             columns=["sample_id", "concepts"], filter=pc.field("sample_id").isin(ids)
         )
         where = {sid: i for i, sid in enumerate(part.column("sample_id").to_pylist())}
         lists = part.column("concepts").to_pylist()
-        out = empty
         n = len(self._names)
         for i, sid in enumerate(ids.to_pylist()):
             found = where.get(sid)
@@ -318,8 +315,7 @@ class CaptionStage(Stage):
         cols[ERROR_DETAIL] = []
         for row in rows:
             ok = row.captions is not None
-            vlm_ocr = row.ocr_engine is not None and row.ocr_engine == model
-            keep_ocr = row.ocr_text is not None and (ok or not vlm_ocr)
+            keep_ocr = row.ocr_text is not None and (ok or self.ocr != "vlm")
             cols["sample_id"].append(row.sample_id)
             for name in CAPTION_FIELDS:
                 cols[name].append(getattr(row.captions, name) if ok else None)

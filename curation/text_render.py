@@ -44,7 +44,7 @@ def render_text(
     out = image.convert("RGB")  # always a copy
     draw = ImageDraw.Draw(out)
     x, y = position
-    ink = draw.textbbox((0, 0), text, font=face)
+    ink = face.getbbox(text)
     origin = (x - ink[0], y - ink[1])  # so that the ink starts exactly at ``position``
     x0, y0, x1, y1 = x, y, x + ink[2] - ink[0], y + ink[3] - ink[1]
     w, h = out.size
@@ -59,6 +59,12 @@ def render_text(
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=background)
     draw.text(origin, text, font=face, fill=colour)
     return out, (x0, y0, x1, y1)
+
+
+def measure_text(text: str, *, font: str, size: int) -> tuple[int, int]:
+    """(width, height) of ``text``'s ink at ``size``: the box ``render_text`` draws."""
+    x0, y0, x1, y1 = _font(font, size).getbbox(text)
+    return x1 - x0, y1 - y0
 
 
 @functools.lru_cache(maxsize=64)

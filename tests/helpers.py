@@ -41,3 +41,35 @@ def by_key(run: RunDir, table: str) -> dict[str, dict]:
         )
     )
     return {keys[r["sample_id"]]: r for r in read_table(run, table).to_pylist()}
+
+
+def train_bpe_tokenizer(
+    corpus: list[str],
+    special_tokens: list[str],
+    *,
+    vocab_size: int,
+    padding_side: str,
+    chat_template: str,
+):
+    """A byte-level BPE tokenizer trained on ``corpus`` (the ``tokenizers`` library, no
+    downloads), padding with ``<|endoftext|>`` and ending turns with ``<|im_end|>`` as Qwen's do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    raw.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        padding_side=padding_side,
+        chat_template=chat_template,
+    )

@@ -260,10 +260,21 @@ class AddText(Editor):
         return out, op
 
 
+def _corner_xy(
+    corner: str, size: tuple[int, int], image_size: tuple[int, int], pad: int = 0
+) -> tuple[int, int]:
+    """Top-left position of a ``size`` box at ``corner`` of the image, ``pad`` px inside."""
+    (ax, ay), _ = CORNERS[corner]
+    (bw, bh), (w, h) = size, image_size
+    x = int(min(max(ax * w - bw * (ax > 0.5), pad), w - bw - pad))
+    y = int(min(max(ay * h - bh * (ay > 0.5), pad), h - bh - pad))
+    return x, y
+
+
 def _draw_in_corner(image, text, font, corner, rgb, size=None, boxed=False):
     """``text`` in ``corner``, shrunk until it fits; ``boxed``: on a plate that contrasts
     with the text colour (white behind dark text, near-black behind light text)."""
-    from curation.text_render import render_text
+    from curation.text_render import measure_text, render_text
 
     plate = None
     if boxed:
@@ -272,17 +283,13 @@ def _draw_in_corner(image, text, font, corner, rgb, size=None, boxed=False):
 
     w, h = image.size
     size = size or max(14, min(w, h) // 9)
-    (ax, ay), _ = CORNERS[corner]
+    pad = 8 if boxed else 0
     for _ in range(6):  # shrink until it fits
-        try:
-            _, box = render_text(image, text, font=font, size=size, colour=rgb, position=(0, 0))
-        except ValueError:
+        tw, th = measure_text(text, font=font, size=size)
+        if tw + 2 * pad > w or th + 2 * pad > h:
             size = int(size * 0.8)
             continue
-        tw, th = box[2] - box[0], box[3] - box[1]
-        pad = 8 if boxed else 0
-        x = int(min(max(ax * w - tw * (ax > 0.5), pad), w - tw - pad))
-        y = int(min(max(ay * h - th * (ay > 0.5), pad), h - th - pad))
+        x, y = _corner_xy(corner, (tw, th), image.size, pad)
         return render_text(image, text, font=font, size=size, colour=rgb, position=(x, y),
                            background=plate, padding=pad)  # fmt: skip
     raise ValueError(f"text {text!r} does not fit into a {w}x{h} image")
@@ -297,9 +304,8 @@ class AddShape(Editor):
         corner = rng.choice(sorted(CORNERS))
         w, h = image.size
         side = min(w, h) // 5
-        (ax, ay), corner_zh = CORNERS[corner]
-        x = int(min(max(ax * w - side * (ax > 0.5), 0), w - side))
-        y = int(min(max(ay * h - side * (ay > 0.5), 0), h - side))
+        corner_zh = CORNERS[corner][1]
+        x, y = _corner_xy(corner, (side, side), image.size)
         out = image.copy()
         draw = ImageDraw.Draw(out)
         rgb, colour_zh = COLOURS[colour]

@@ -65,26 +65,10 @@ VISUAL_TOKENS_640x480 = 30
 
 def train_tokenizer(vocab_size: int = 400):
     """A byte-level BPE tokenizer trained on ``CORPUS`` with Qwen's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tests.helpers import train_bpe_tokenizer
 
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    raw.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        padding_side="left",
-        chat_template=CHAT_TEMPLATE,
-    )
+    return train_bpe_tokenizer(CORPUS, SPECIAL_TOKENS, vocab_size=vocab_size,
+                               padding_side="left", chat_template=CHAT_TEMPLATE)  # fmt: skip
 
 
 def save_tiny_vlm(folder: Path, *, seed: int = 0) -> Path:

@@ -129,26 +129,10 @@ SIGLIP_DIM = 24
 
 def train_tokenizer(corpus: list[str] = CORPUS, vocab_size: int = 320):
     """A byte-level BPE tokenizer trained on ``corpus`` with Qwen's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tests.helpers import train_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        padding_side="right",
-        chat_template=QWEN3_CHAT_TEMPLATE,
-    )
+    return train_bpe_tokenizer(corpus, SPECIAL_TOKENS, vocab_size=vocab_size,
+                               padding_side="right", chat_template=QWEN3_CHAT_TEMPLATE)  # fmt: skip
 
 
 def tiny_text_encoder(vocab_size: int):
