@@ -1,12 +1,13 @@
-"""The ``edit_pairs`` table: (source sample, target sample, instruction) triples that
-``select`` turns into ``task = 'i2i'`` shard rows.
+"""The ``edit_pairs`` table: (source, target, instruction) triples that ``select`` turns into
+``task = 'i2i'`` shard rows.
 
-The pair constructors (expert edits, video frames, rendered text; ``zfoundry pairs``) write it;
-until then pairs can be imported from a JSON-lines listing of ingested files
-(``import_pairs``): one object per line with ``source`` and ``target`` (keys of the samples
-table, i.e. paths relative to the ingested folder), ``instruction`` and optionally
-``instruction_zh``, ``kind`` (default ``expert``) and ``operations`` (a list). A line naming a
-file that was not ingested raises with its line number.
+``zfoundry pairs`` writes it (``curation.pairs.stage``: expert edits with graphical
+combination, rendered text edits, video-frame pairs). Pairs between ingested files can also be
+imported from a JSON-lines listing (``import_pairs``): one object per line with ``source``
+and ``target`` (keys of the samples table, i.e. paths relative to the ingested folder),
+``instruction`` and optionally ``instruction_zh``, ``kind`` (default ``expert``) and
+``operations`` (a list). A line naming a file that was not ingested raises with its line
+number.
 """
 
 from __future__ import annotations
@@ -22,14 +23,18 @@ from infra.tables import EDIT_PAIRS, conform
 KINDS = ("expert", "inverse", "mixed", "video", "text_render")
 
 
-def pair_id(source_id: str, target_id: str, instruction: str) -> str:
-    text = f"{source_id}\x00{target_id}\x00{instruction}"
+def pair_id(source: str, target: str, extra: str) -> str:
+    """A stable id from the two ends' names (sample ids, or names of generated images) and
+    one more distinguishing string (the instruction of an imported pair, a constructed
+    pair's kind)."""
+    text = f"{source}\x00{target}\x00{extra}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def write_edit_pairs(run: RunDir, rows: list[dict]) -> int:
-    """Replace ``edit_pairs/`` with ``rows`` (dicts with the EDIT_PAIRS columns except
-    ``pair_id``, which is derived); returns the row count."""
+    """Replace ``edit_pairs/`` with imported ``rows`` (dicts with ``source_id``,
+    ``target_id``, ``instruction`` and optionally ``instruction_zh``, ``kind``,
+    ``operations``, ``provenance``); returns the row count."""
     out = []
     for i, row in enumerate(rows):
         kind = row.get("kind", "expert")
@@ -40,8 +45,13 @@ def write_edit_pairs(run: RunDir, rows: list[dict]) -> int:
         ops = row.get("operations")
         out.append({
             "pair_id": pair_id(row["source_id"], row["target_id"], row["instruction"]),
+            "base_id": None,
             "source_id": row["source_id"],
             "target_id": row["target_id"],
+            "source_image": None,
+            "target_image": None,
+            "width": None,
+            "height": None,
             "instruction": row["instruction"],
             "instruction_zh": row.get("instruction_zh"),
             "kind": kind,
@@ -50,6 +60,8 @@ def write_edit_pairs(run: RunDir, rows: list[dict]) -> int:
         })  # fmt: skip
     out.sort(key=lambda r: r["pair_id"])
     table = conform(pa.Table.from_pylist(out, schema=EDIT_PAIRS), EDIT_PAIRS, name="edit_pairs")
+    # shards of an earlier `zfoundry pairs` run would otherwise be all a reader sees
+    run.delete(run.marker_path("edit_pairs", i, p) for p, i in run.markers("edit_pairs"))
     run.replace_table("edit_pairs", table)
     return len(out)
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from curation.edit_pairs import KINDS
 from infra import catalog
 from infra.config import ConfigError, require, to_dict
 from infra.storage import (
@@ -37,18 +38,75 @@ MANIFEST_FORMAT = "zfoundry.manifest/1"
 # Per-sample tables joined to samples when present (LEFT JOIN, so predicates may use them).
 OPTIONAL_TABLES = ("scores", "dedup", "weights", "captions")
 BALANCE = ("weights", "concepts", "none")
-# Editing pairs whose target passes the recipe (``selected``) and whose source image is
-# decodable become i2i rows: the target's image, size, weight and concepts, the source's bytes.
-I2I_QUERY = (
-    "SELECT p.pair_id AS sample_id, sel.image, sel.uri, sel.caption_alt, "
-    + ", ".join(f"NULL::VARCHAR AS {c}" for c in CAPTION_COLUMNS)
-    + ", sel.width, sel.height, "
-    "sel.sampling_weight, 'i2i' AS task, sel.concepts, sel.profiled_sha256, "
-    "src.image AS source_image, src.uri AS source_uri, sp.content_sha256 AS source_sha256, "
-    "p.instruction FROM edit_pairs p JOIN selected sel ON sel.sample_id = p.target_id "
-    "JOIN samples src ON src.sample_id = p.source_id "
-    "JOIN profiles sp ON sp.sample_id = p.source_id WHERE sp.error IS NULL"
-)
+
+
+def _fraction(expr: str, salt: str) -> str:
+    """SQL: a number in [0, 1) fixed by ``expr`` and ``salt`` (deterministic subsampling)."""
+    return f"(('0x' || substr(md5({expr} || '{salt}'), 1, 8))::UBIGINT / 4294967296.0)"
+
+
+def i2i_query(pairs: PairSelection) -> str:
+    """Editing pairs -> i2i rows. A pair is kept when its instruction is known, its kind is
+    listed (and survives ``keep``), its source is decodable (a profiled sample without error,
+    or inline bytes) and its anchor passes the recipe: the target sample, or for a generated
+    target the sample it was made from (``base_id``). Video pairs come from clips, which no
+    recipe predicate can see; they are kept by kind only. The row takes the target image
+    (inline bytes, else the sample's), the target size, and the anchor's alt caption, weight
+    and concepts."""
+    kinds = ", ".join(f"'{k}'" for k in pairs.kinds)
+    keep = " AND ".join(
+        f"(p.kind <> '{k}' OR {_fraction('p.pair_id', 'keep')} < {float(f)!r})"
+        for k, f in sorted(pairs.keep.items())
+    )
+    zh = _fraction("p.pair_id", "zh")
+    return (
+        "SELECT p.pair_id AS sample_id, coalesce(p.target_image, sel.image) AS image, "
+        "CASE WHEN p.target_image IS NULL THEN sel.uri END AS uri, sel.caption_alt, "
+        + ", ".join(f"NULL::VARCHAR AS {c}" for c in CAPTION_COLUMNS)
+        + ", coalesce(p.width, sel.width) AS width, coalesce(p.height, sel.height) AS height, "
+        "coalesce(sel.sampling_weight, 1.0) AS sampling_weight, 'i2i' AS task, sel.concepts, "
+        "CASE WHEN p.target_image IS NULL THEN sel.profiled_sha256 END AS profiled_sha256, "
+        "coalesce(p.source_image, src.image) AS source_image, "
+        "CASE WHEN p.source_image IS NULL THEN src.uri END AS source_uri, "
+        "sp.content_sha256 AS source_sha256, "
+        f"CASE WHEN p.instruction_zh IS NOT NULL AND {zh} < {float(pairs.zh_fraction)!r} "
+        "THEN p.instruction_zh ELSE p.instruction END AS instruction, p.kind AS pair_kind "
+        "FROM edit_pairs p "
+        "LEFT JOIN selected sel ON sel.sample_id = coalesce(p.target_id, p.base_id) "
+        "LEFT JOIN samples src ON src.sample_id = p.source_id "
+        "LEFT JOIN profiles sp ON sp.sample_id = p.source_id "
+        f"WHERE p.instruction IS NOT NULL AND p.kind IN ({kinds}) "
+        "AND (sel.sample_id IS NOT NULL OR (p.kind = 'video' AND p.target_image IS NOT NULL)) "
+        "AND (p.source_image IS NOT NULL OR (src.sample_id IS NOT NULL AND sp.error IS NULL))"
+        + (f" AND {keep}" if keep else "")
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairSelection:
+    """Which editing pairs become i2i rows (``[pairs]`` in a recipe)."""
+
+    kinds: tuple[str, ...] = KINDS
+    """Pair kinds to use (expert, inverse, mixed, video, text_render)."""
+    keep: dict[str, float] = field(default_factory=dict)
+    """Fraction of a kind's pairs kept, picked by ``pair_id`` (e.g. ``{ text_render = 0.2 }``:
+    the report downsamples rendered text in SFT); unlisted kinds are kept whole."""
+    zh_fraction: float = 0.0
+    """Fraction of pairs (by ``pair_id``) whose Chinese instruction, where there is one, is the
+    training instruction."""
+    match_ratio: bool = False
+    """Cap the i2i rows at ``t2i rows x i2i/t2i`` of ``sampling.t2i_i2i_ratio`` (dropping by
+    ``pair_id`` order), so the shards themselves hold that mix; otherwise the trainer applies
+    the ratio when it draws."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.kinds) - set(KINDS))
+        require(not unknown, "kinds", unknown, f"unknown; kinds are {list(KINDS)}")
+        unknown = sorted(set(self.keep) - set(KINDS))
+        require(not unknown, "keep", unknown, f"unknown kinds; kinds are {list(KINDS)}")
+        bad = {k: v for k, v in self.keep.items() if not 0 <= v <= 1}
+        require(not bad, "keep", bad, "fractions must be in [0, 1]")
+        require(0 <= self.zh_fraction <= 1, "zh_fraction", self.zh_fraction, "must be in [0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +152,8 @@ class Recipe:
     """Rows per output shard."""
     sampling: Sampling = field(default_factory=Sampling)
     """Sampling settings for the trainer."""
+    pairs: PairSelection = field(default_factory=PairSelection)
+    """Which editing pairs (``edit_pairs/``) become i2i rows."""
 
     def __post_init__(self) -> None:
         require(self.rows_per_shard >= 1, "rows_per_shard", self.rows_per_shard, "must be >= 1")
@@ -127,9 +187,10 @@ def funnel(con: duckdb.DuckDBPyConnection, recipe: Recipe, source: str) -> list[
     return steps
 
 
-def require_complete(run: RunDir, table: str, source: str) -> None:
-    """``table`` has every shard of ``source``, each computed from the current input."""
-    inputs, done = run.completed(source), run.completed(table)
+def require_complete(run: RunDir, table: str, source: str | None) -> None:
+    """``table`` has every shard of ``source``, each computed from the current input (with
+    ``source`` None: only that the step writing ``table`` finished)."""
+    inputs, done = (run.completed(source), run.completed(table)) if source else ({}, {})
     stale = [i for i in inputs if done.get(i, {}).get("input_sha256") != inputs[i].get("sha256")]
     if not run.exists(run.success_path(table)) or stale:
         raise FileNotFoundError(
@@ -166,10 +227,18 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
         f"SELECT sample_id, image, uri, caption_alt, {', '.join(CAPTION_COLUMNS)}, width, "
         "height, sampling_weight, "
         "'t2i' AS task, concepts, profiled_sha256, NULL::BLOB AS source_image, "
-        "NULL AS source_uri, NULL AS source_sha256, NULL::VARCHAR AS instruction FROM selected"
+        "NULL AS source_uri, NULL AS source_sha256, NULL::VARCHAR AS instruction, "
+        "NULL::VARCHAR AS pair_kind FROM selected"
     )
     if "edit_pairs" in catalog.views(con):
-        query += f" UNION ALL {I2I_QUERY}"
+        require_complete(run, "edit_pairs", None)
+        i2i = i2i_query(recipe.pairs)
+        t2i, i2i_share = recipe.sampling.t2i_i2i_ratio
+        if recipe.pairs.match_ratio and t2i:  # i2i rows at most t2i rows x i2i/t2i
+            cap = con.execute("SELECT count(*) FROM selected").fetchall()[0][0] * i2i_share // t2i
+            order = "row_number() OVER (ORDER BY md5(sample_id))"
+            i2i = f"SELECT * FROM ({i2i}) QUALIFY {order} <= {cap}"
+        query += f" UNION ALL {i2i}"
     query = f"SELECT * FROM ({query}) ORDER BY sample_id"
     reader = con.sql(query).to_arrow_reader(recipe.rows_per_shard)
     fs, root = resolve_uri(out)
@@ -177,8 +246,11 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
     shards: list[dict[str, Any]] = []
     pending: list[pa.RecordBatch] = []
     dropped: collections.Counter[str] = collections.Counter()
+    by_kind: collections.Counter[str] = collections.Counter()
     for batch in reader:
         batch = _fill_images(batch, dropped)
+        by_kind.update(k for k in batch.column("pair_kind").to_pylist() if k is not None)
+        batch = batch.drop_columns(["pair_kind"])
         if not batch.num_rows:
             continue
         pending.append(batch)
@@ -202,6 +274,8 @@ def select(run: RunDir, recipe: Recipe, out: str, *, recipe_source: str = "<reci
             "bytes": sum(s["bytes"] for s in shards),
             "profiled_ok": steps[0]["rows"],
             "dropped": dict(sorted(dropped.items())),
+            "i2i": sum(by_kind.values()),
+            "i2i_by_kind": dict(sorted(by_kind.items())),
         },
         "funnel": steps,
         "sampling": to_dict(recipe.sampling),

@@ -52,6 +52,20 @@ class Stage(abc.ABC):
     one_to_one: ClassVar[bool] = True
     """Exactly one output row per input row. Otherwise the stage may skip rows (counted
     as ``skipped``: rows in - rows out - rejected)."""
+    expands: ClassVar[bool] = False
+    """May return several output rows per input row (editing pairs). An input row then counts
+    as ok when an output row names it in ``row_key``, as rejected when only rejects do, and
+    as skipped otherwise; a rejects row may name an input that also gave outputs (one of its
+    pairs failed)."""
+    row_key: ClassVar[str] = "sample_id"
+    """Output column naming the input row an output or error row came from (rejects'
+    ``sample_id``)."""
+    count_by: ClassVar[str | None] = None
+    """Output column whose values are counted per shard and in ``stats/<stage>.json``
+    (``by_<column>``), e.g. the ``kind`` of editing pairs."""
+    output_prefix: ClassVar[str] = ""
+    """Shard-name prefix in ``output_table`` (``video`` -> ``video-00003.parquet``), so that
+    several stages can write one table, each from its own input table."""
 
     @property
     def resources(self) -> Resources:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from infra.tables import BINARY_COLUMNS
 
 ROW_GROUP_ROWS = 1024
-_MARKER = re.compile(r"_(\d+)\.done\.json")
+_MARKER = re.compile(r"_(?:([a-z][a-z0-9_]*)-)?(\d+)\.done\.json")  # _[prefix-]00042.done.json
 
 
 def shard_name(index: int, prefix: str = "") -> str:
@@ -120,8 +120,12 @@ class RunDir:
     def table_path(self, table: str) -> str:
         return self.path(table)
 
-    def marker_path(self, table: str, index: int) -> str:
-        return self.path(table, f"_{index:05d}.done.json")
+    def marker_path(self, table: str, index: int, prefix: str = "") -> str:
+        """``_00042.done.json``, or ``_video-00042.done.json`` for a stage writing shards
+        with a prefix into a table other stages write too (``edit_pairs/``)."""
+        return self.path(
+            table, "_" + shard_name(index, prefix).removesuffix(".parquet") + ".done.json"
+        )
 
     def success_path(self, table: str) -> str:
         return self.path(table, "_SUCCESS.json")
@@ -165,7 +169,7 @@ class RunDir:
                 (m["stage"], i)
                 for t in self.tables()
                 if t != "rejects"
-                for i, m in self.completed(t).items()
+                for (_, i), m in self.markers(t).items()
                 if "stage" in m
             }
             keep = []
@@ -174,14 +178,19 @@ class RunDir:
                 if (stage, int(index)) in done:
                     keep.append(f)
             return keep
-        markers = self.completed(table)
+        markers = self.markers(table)
         if not markers:
             return files
-        names = {shard_name(i) for i in markers}
+        names = {shard_name(i, prefix) for prefix, i in markers}
         return [f for f in files if f.rsplit("/", 1)[1] in names]
 
-    def completed(self, table: str) -> dict[int, dict[str, Any]]:
-        """Shard index -> marker contents, for every shard of ``table`` marked complete."""
+    def completed(self, table: str, prefix: str = "") -> dict[int, dict[str, Any]]:
+        """Shard index -> marker contents, for every shard of ``table`` (with that shard-name
+        prefix) marked complete."""
+        return {i: m for (p, i), m in self.markers(table).items() if p == prefix}
+
+    def markers(self, table: str) -> dict[tuple[str, int], dict[str, Any]]:
+        """(shard-name prefix, index) -> marker contents, for every marked shard of ``table``."""
         base = self.table_path(table)
         if not self.exists(base):
             return {}
@@ -189,7 +198,7 @@ class RunDir:
         for info in self.fs.get_file_info(pafs.FileSelector(base)):
             match = _MARKER.fullmatch(info.base_name)
             if match:  # the index may outgrow 5 digits
-                done[int(match.group(1))] = self.read_json(info.path)
+                done[(match.group(1) or "", int(match.group(2)))] = self.read_json(info.path)
         return dict(sorted(done.items()))
 
     # writes ----------------------------------------------------------------------------

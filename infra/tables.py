@@ -91,16 +91,36 @@ SHARD = pa.schema(
 
 # Editing pairs (the editing-pair constructors write them; select turns them into i2i rows).
 # `source_id` / `target_id` are sample_ids of the samples table.
+# One editing pair per row. Each end is a sample (``source_id`` / ``target_id``) or an image
+# stored inline (``source_image`` / ``target_image``, JPEG), never both. ``base_id``: the sample
+# or clip the pair was made from (null for imported pairs). ``width``/``height``: the target's.
+# A null ``instruction`` waits for a difference caption (select skips it).
 EDIT_PAIRS = pa.schema(
     [
         pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("source_id", pa.string(), nullable=False),
-        pa.field("target_id", pa.string(), nullable=False),
-        pa.field("instruction", pa.string(), nullable=False),
+        pa.field("base_id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("target_id", pa.string()),
+        pa.field("source_image", pa.binary()),
+        pa.field("target_image", pa.binary()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("instruction", pa.string()),
         pa.field("instruction_zh", pa.string()),
         pa.field("kind", pa.string(), nullable=False),  # expert|inverse|mixed|video|text_render
         pa.field("operations", pa.string()),  # JSON list of {"op": ..., ...}
         pa.field("provenance", pa.string()),  # JSON object
+    ]
+)
+
+# ``clips``: one video file or folder of frames per row (the video pairs' input).
+CLIPS = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # video | frames
+        pa.field("frames", pa.list_(pa.string())),  # frame files in order (kind frames)
     ]
 )
 
@@ -208,6 +228,8 @@ TABLES: dict[str, pa.Schema] = {
     "dedup": DEDUP,
     "knn_edges": KNN_EDGES,
     "captions": CAPTIONS,
+    "edit_pairs": EDIT_PAIRS,
+    "clips": CLIPS,
 }
 
 # Stage outputs may carry this extra column next to `error`; the framework moves it into
@@ -215,7 +237,7 @@ TABLES: dict[str, pa.Schema] = {
 ERROR_DETAIL = "error_detail"
 
 # Large binary columns: stored uncompressed (JPEG/PNG bytes do not compress further).
-BINARY_COLUMNS = frozenset({"image", "source_image"})
+BINARY_COLUMNS = frozenset({"image", "source_image", "target_image"})
 
 
 class SchemaError(ValueError):

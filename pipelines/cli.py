@@ -302,6 +302,65 @@ def caption(
 
 
 @app.command()
+def pairs(
+    run_dir: RunArg,
+    videos: Annotated[
+        str | None,
+        typer.Option(
+            help="Also make video-frame pairs from this folder of videos / frame folders."
+        ),
+    ] = None,
+    import_: Annotated[
+        str | None,
+        typer.Option(
+            "--import", help="Instead, import pairs of ingested files from a JSON-lines listing."
+        ),
+    ] = None,
+    executor: ExecutorOpt = ExecutorKind.ray,
+    address: AddressOpt = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Take \\[pairs] settings from this pipeline file.")
+    ] = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Editing pairs: edit_pairs/ (+ clips/ with --videos) and rejects/.
+
+    Per sample: seeded expert edits (tone, tint, recolour, zoom, flip, rotate, background blur,
+    styles, rendered text and shapes) and every ordered pair among the photo and its edits
+    (expert, inverse, mixed), plus a rendered text edit read back by OCR; per clip: frame
+    pairs whose CLIP cosine lies in a band. Instructions are exact (English and Chinese) where
+    the operations are known, else difference captions from \\[pairs.backend]. Counts per kind
+    are in stats/pairs.json. See docs/usage.md, "Editing pairs".
+    """
+    from curation.pairs.stage import PairsConfig
+    from pipelines.steps import pairs as pairs_step
+
+    extra = list(set_ or [])
+    if videos is not None:
+        extra.append(f"video.videos={json.dumps(videos)}")
+    try:
+        run = _existing_run(run_dir)
+        if import_ is not None:
+            from curation.edit_pairs import import_pairs
+
+            stats = {"stage": "pairs", "imported": import_pairs(run, import_)}
+        else:
+            cfg = _stage(PairsConfig, "pairs", config, extra)
+            stats = pairs_step(run, cfg, _executor(executor, address))
+    except (ConfigError, RuntimeError, ValueError, OSError) as err:
+        _fail(err)
+    video = stats.pop("video", None)
+    if as_json:
+        print(json.dumps({"pairs": stats, "video_pairs": video}, sort_keys=True))
+    else:
+        from pipelines.summary import print_summary
+
+        print_summary(RunDir(run_dir), {"pairs": stats} | ({"video_pairs": video} if video else {}),
+                      Console())  # fmt: skip
+
+
+@app.command()
 def select(
     run_dir: RunArg,
     recipe: Annotated[Path, typer.Option(help="Recipe TOML.", exists=True, dir_okay=False)],

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from captioner.stage import CaptionStage
 from curation.dedup.run import DedupConfig
 from curation.ingest import Source
+from curation.pairs.stage import PairsConfig
 from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
 from curation.stages.score import ScoreStage
@@ -31,6 +32,7 @@ Step = Literal[
     "taxonomy",
     "weights",
     "caption",
+    "pairs",
     "select",
 ]
 STEPS: tuple[Step, ...] = ("ingest", "profile", "select")
@@ -125,6 +127,9 @@ class PipelineConfig:
     """Sampling weights (tags, optional knowledge graph, BM25 parameters)."""
     caption: CaptionStage = field(default_factory=CaptionStage)
     """OCR engine, captioning backend and prompts of the caption step (default: OCR only)."""
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    """Editing-pair constructors of the pairs step (expert edits, rendered text, video
+    frames) and the difference-caption backend."""
     select: SelectConfig | None = None
     """Settings of the select step (required when it is listed)."""
 

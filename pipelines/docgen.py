@@ -16,7 +16,8 @@ from captioner.backends import BackendConfig
 from captioner.stage import CaptionStage
 from curation.dedup.run import DedupConfig
 from curation.ingest import Source
-from curation.select import Recipe, Sampling
+from curation.pairs.stage import ExpertPairs, PairsConfig, TextPairs, VideoPairs
+from curation.select import PairSelection, Recipe, Sampling
 from curation.stages.embed import EmbedImagesStage
 from curation.stages.profile import ProfileStage
 from curation.stages.score import ScoreStage
@@ -45,9 +46,14 @@ SECTIONS = [
     ("Pipeline file: `[weights.bm25]`", WeightConfig),
     ("Pipeline file: `[caption]`", CaptionStage),
     ("Pipeline file: `[caption.backend]`", BackendConfig),
+    ("Pipeline file: `[pairs]`", PairsConfig),
+    ("Pipeline file: `[pairs.expert]`", ExpertPairs),
+    ("Pipeline file: `[pairs.text]`", TextPairs),
+    ("Pipeline file: `[pairs.video]`", VideoPairs),
     ("Pipeline file: `[select]`", SelectConfig),
     ("Recipe: top level", Recipe),
     ("Recipe: `[sampling]`", Sampling),
+    ("Recipe: `[pairs]`", PairSelection),
 ]
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"

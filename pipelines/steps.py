@@ -11,6 +11,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ from tqdm.auto import tqdm
 from captioner.stage import CaptionStage
 from curation.dedup.run import dedup
 from curation.ingest import iter_samples, materialize, validate_source
+from curation.pairs.stage import PairsConfig, VideoPairs, VideoPairsStage
 from curation.select import Recipe, select
 from curation.stages.embed import EmbedTextStage
 from curation.stages.score import ScoreStage
-from infra.config import load_toml, to_dict
+from infra.config import ConfigError, load_toml, to_dict
 from infra.storage import RunDir, redact, shard_name
-from infra.tables import SAMPLES, conform
+from infra.tables import CLIPS, SAMPLES, conform
 from pipelines.config import IngestConfig, PipelineConfig, PruneConfig, SelectConfig
 from pipelines.executors import get_executor
 from pipelines.executors.base import RunConflict, guard_settings
@@ -155,6 +157,57 @@ def caption_stage(run: RunDir, stage: CaptionStage) -> CaptionStage:
     )
 
 
+def pairs(run: RunDir, cfg: PairsConfig, executor) -> dict[str, Any]:
+    """Editing pairs -> edit_pairs/: expert + text pairs per sample shard, then (with
+    ``[pairs.video] videos``) the clips listed into clips/ and their frame pairs. The video
+    stage's counters are under ``video`` (``stats/video_pairs.json``)."""
+    stats = executor.run_stage(cfg.image_stage(), run)
+    if cfg.video.videos:
+        clips = clips_step(run, cfg.video)
+        stats["video"] = executor.run_stage(video_stage(run, cfg), run)
+        stats["video"]["clips_listed"] = clips["in"]
+    return stats
+
+
+def video_stage(run: RunDir, cfg: PairsConfig) -> VideoPairsStage:
+    """The video stage with the run's CLIP model when ``[pairs.video]`` names none."""
+    video = cfg.video
+    if video.model is None:
+        path = run.path("vectors", "_settings.json")
+        if not run.exists(path):
+            raise ConfigError("no CLIP model for video pairs: set it, or run embed first",
+                              source="[pairs.video]", key="model")  # fmt: skip
+        settings = run.read_json(path)
+        video = replace(video, model=settings["model"], pretrained=settings["pretrained"])
+    return cfg.video_stage(video)
+
+
+def clips_step(run: RunDir, cfg: VideoPairs) -> dict[str, Any]:
+    """``cfg.videos`` -> ``clips/`` shards of ``clips_per_shard`` clips (kept once written)."""
+    from curation.pairs.video import list_clips
+
+    assert cfg.videos
+    settings = {"videos": redact(str(cfg.videos)), "clips_per_shard": cfg.clips_per_shard}
+    guard_settings(run, "clips", settings)
+    if run.exists(run.success_path("clips")):  # listed once; a changed folder is not noticed
+        done = run.read_json(run.success_path("clips"))
+        return done | {"in": done["rows"]}
+    clips = list_clips(str(cfg.videos))  # cheap: a listing; what a killed run left is redone
+    run.delete(
+        [*run.data_files("clips"), *(run.marker_path("clips", i) for i in run.completed("clips"))]
+    )
+    for index, start in enumerate(range(0, len(clips), cfg.clips_per_shard)):
+        chunk = clips[start : start + cfg.clips_per_shard]
+        rows = [{"clip_id": c.clip_id, "source": str(cfg.videos), "uri": c.uri, "kind": c.kind,
+                 "frames": list(c.frames) or None} for c in chunk]  # fmt: skip
+        table = conform(pa.Table.from_pylist(rows, schema=CLIPS), CLIPS, name="clips")
+        info = run.write_parquet("clips", shard_name(index), table)
+        run.write_json(run.marker_path("clips", index), {"shard": index, **info})
+    summary = {"shards": -(-len(clips) // cfg.clips_per_shard), "rows": len(clips)}
+    run.write_json(run.success_path("clips"), summary)
+    return summary | {"in": len(clips)}
+
+
 def prune_step(run: RunDir, cfg: PruneConfig) -> dict[str, Any]:
     """Samples nearest to the failure cases -> prune/ (recipes exclude them by subquery)."""
     from curation.retrieval import image_files, run_prune
@@ -211,6 +264,10 @@ def run_pipeline(
             results[step] = score(run, cfg)
         elif step == "caption":
             results[step] = caption(run, cfg)
+        elif step == "pairs":
+            results[step] = pairs(run, cfg.pairs, _executor(cfg))
+            if "video" in results[step]:
+                results["video_pairs"] = results[step].pop("video")
         elif step == "dedup":
             ex = _executor(cfg)
             results[step] = dedup(run, cfg.dedup, task_map=ex.map_tasks, progress=ex.progress)

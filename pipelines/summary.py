@@ -54,6 +54,18 @@ def print_summary(run: RunDir, results: dict[str, dict[str, Any]], console: Cons
             table.add_row(reason, _fmt(n))
         console.print(table)
 
+    kinds: dict[str, int] = {}
+    for s in results.values():
+        for kind, n in s.get("by_kind", {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    if kinds:
+        table = Table(title="editing pairs by kind", title_justify="left")
+        table.add_column("kind")
+        table.add_column("pairs", justify="right")
+        for kind, n in sorted(kinds.items()):
+            table.add_row(kind, _fmt(n))
+        console.print(table)
+
     if "select" in results:
         funnel = Table(title="select funnel (rows left after each predicate)", title_justify="left")
         funnel.add_column("predicate")

@@ -104,6 +104,15 @@ def decode(data: bytes, *, max_pixels: int) -> Decoded:
     return Decoded(shown, fmt, mode, n_frames, channels, bit_depth)
 
 
+def fit(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` scaled down (never up) so its longer side is at most ``max_side``."""
+    w, h = image.size
+    if max(w, h) <= max_side:
+        return image
+    s = max_side / max(w, h)
+    return image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BICUBIC)
+
+
 def to_rgb8(im: Image.Image) -> Image.Image:
     """8-bit RGB for the metrics. Transparency (alpha or a tRNS colour key) is composited
     over white; 16-bit greyscale is scaled by 1/257 (``I`` too when it exceeds 255); ``F``

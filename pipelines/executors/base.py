@@ -37,9 +37,10 @@ class RunConflict(RuntimeError):
     """The run directory holds results of different settings; use a new run directory."""
 
 
-def guard_settings(run: RunDir, table: str, settings: dict[str, Any]) -> None:
-    """Refuse to mix shards made with different settings in one table."""
-    path = run.path(table, "_settings.json")
+def guard_settings(run: RunDir, table: str, settings: dict[str, Any], prefix: str = "") -> None:
+    """Refuse to mix shards made with different settings in one table (per shard-name prefix:
+    each stage writing into a shared table has its own settings)."""
+    path = run.path(table, f"_settings.{prefix}.json" if prefix else "_settings.json")
     settings = redact_all(settings)  # credentials in URIs are never stored
     if run.exists(path):
         before = run.read_json(path)
@@ -74,7 +75,7 @@ def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
             f"(run the step that writes it first)"
         )
     settings = {k: v for k, v in to_dict(stage).items() if k not in RUNTIME_FIELDS}
-    guard_settings(run, stage.output_table, {"stage": stage.name, **settings})
+    guard_settings(run, stage.output_table, {"stage": stage.name, **settings}, stage.output_prefix)
     inputs = run.completed(stage.input_table)
     if any("sha256" not in m for m in inputs.values()):
         raise RunConflict(
@@ -82,7 +83,7 @@ def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
             f"content hashes; use a new --run directory"
         )
     _drop_orphans(stage, run, set(inputs))
-    done = run.completed(stage.output_table)
+    done = run.completed(stage.output_table, stage.output_prefix)
     jobs = [
         ShardJob(i, run.path(stage.input_table, shard_name(i)), marker["sha256"])
         for i, marker in inputs.items()
@@ -96,27 +97,31 @@ def plan(stage: Stage, run: RunDir) -> tuple[list[ShardJob], int]:
 def _drop_orphans(stage: Stage, run: RunDir, inputs: set[int]) -> None:
     """Remove output shards whose input shard no longer exists (e.g. after a re-ingest with
     another shard size), so they can never be read as results."""
-    orphans = set(run.completed(stage.output_table)) - inputs
+    prefix = stage.output_prefix
+    orphans = set(run.completed(stage.output_table, prefix)) - inputs
     for path in run.data_files(stage.output_table):
-        index = int(path.rsplit("/", 1)[1].split(".")[0])
-        if index not in inputs:
-            orphans.add(index)
+        head, _, index = path.rsplit("/", 1)[1].removesuffix(".parquet").rpartition("-")
+        if head == prefix and index.isdigit() and int(index) not in inputs:
+            orphans.add(int(index))
     run.delete(
         p
         for i in orphans
         for p in (
-            run.path(stage.output_table, shard_name(i)),
-            run.marker_path(stage.output_table, i),
+            run.path(stage.output_table, shard_name(i, prefix)),
+            run.marker_path(stage.output_table, i, prefix),
             run.path("rejects", shard_name(i, prefix=stage.name)),
         )
     )
 
 
-def split_rejects(table: pa.Table, stage_name: str, schema: pa.Schema) -> tuple[pa.Table, pa.Table]:
+def split_rejects(
+    table: pa.Table, stage_name: str, schema: pa.Schema, key: str = "sample_id"
+) -> tuple[pa.Table, pa.Table]:
     """Move rows with a non-null ``error`` into a rejects table; drop ``error_detail``.
 
     When the output contract has an ``error`` column (profiles), failed rows stay in the
     output too (one row per sample); otherwise they leave it together with the column.
+    ``key`` is the output column naming the input row (the rejects' ``sample_id``).
     """
     detail = table.column(ERROR_DETAIL) if ERROR_DETAIL in table.column_names else None
     main = table.drop_columns([ERROR_DETAIL]) if detail is not None else table
@@ -126,7 +131,7 @@ def split_rejects(table: pa.Table, stage_name: str, schema: pa.Schema) -> tuple[
     bad = table.filter(failed)
     rejects = pa.table(
         {
-            "sample_id": bad.column("sample_id"),
+            "sample_id": bad.column(key),
             "stage": pa.array([stage_name] * bad.num_rows, pa.string()),
             "reason": bad.column("error"),
             "detail": bad.column(ERROR_DETAIL) if detail is not None else pa.nulls(bad.num_rows),
@@ -188,9 +193,15 @@ def run_shard(stage: Stage, run: RunDir, job: ShardJob) -> dict[str, Any]:
     outputs = [stage.process_batch(batch) for batch in _input_batches(stage, run, job)]
     schema = stage.output_schema
     table = pa.concat_tables(outputs) if outputs else schema.empty_table()
-    main, rejects = split_rejects(table, stage.name, schema)
+    main, rejects = split_rejects(table, stage.name, schema, stage.row_key)
     main = conform(main, schema, name=stage.output_table)
-    skipped = rows_in - main.num_rows - (0 if "error" in schema.names else rejects.num_rows)
+    if stage.expands:  # inputs, not output rows, are accounted for
+        ok_keys = set(main.column(stage.row_key).to_pylist())
+        rejected = len(set(rejects.column("sample_id").to_pylist()) - ok_keys)
+        skipped = rows_in - len(ok_keys) - rejected
+    else:
+        rejected = rejects.num_rows
+        skipped = rows_in - main.num_rows - (0 if "error" in schema.names else rejected)
     if stage.one_to_one and main.num_rows != rows_in:
         raise RuntimeError(f"stage {stage.name!r} returned {main.num_rows} rows for {rows_in}")
     if skipped < 0:
@@ -201,7 +212,8 @@ def run_shard(stage: Stage, run: RunDir, job: ShardJob) -> dict[str, Any]:
         run.write_parquet("rejects", rejects_file.rsplit("/", 1)[1], rejects)
     else:
         run.delete([rejects_file])  # a stale file from an interrupted earlier attempt
-    written = run.write_parquet(stage.output_table, shard_name(job.index), main)
+    prefix = stage.output_prefix
+    written = run.write_parquet(stage.output_table, shard_name(job.index, prefix), main)
     reasons = collections.Counter(rejects.column("reason").to_pylist())
     stats = {
         "stage": stage.name,
@@ -211,13 +223,16 @@ def run_shard(stage: Stage, run: RunDir, job: ShardJob) -> dict[str, Any]:
         "sha256": written["sha256"],
         "rows_in": rows_in,
         "rows_out": main.num_rows,
-        "ok": rows_in - rejects.num_rows - skipped,
-        "rejected": rejects.num_rows,
+        "ok": rows_in - rejected - skipped,
+        "rejected": rejected,
         "skipped": skipped,
         "reasons": dict(sorted(reasons.items())),
         "seconds": round(time.perf_counter() - t0, 4),
     }
-    run.write_json(run.marker_path(stage.output_table, job.index), stats)
+    if stage.count_by:
+        counts = collections.Counter(main.column(stage.count_by).to_pylist())
+        stats[f"by_{stage.count_by}"] = dict(sorted(counts.items()))
+    run.write_json(run.marker_path(stage.output_table, job.index, prefix), stats)
     return stats
 
 
@@ -225,7 +240,7 @@ def finish(
     stage: Stage, run: RunDir, *, executor: str, ran: list[dict[str, Any]], wall_s: float
 ) -> dict[str, Any]:
     """Mark the output table complete and write ``stats/<stage>.json`` over all shards."""
-    markers = run.completed(stage.output_table)
+    markers = run.completed(stage.output_table, stage.output_prefix)
     inputs = run.completed(stage.input_table)
     stale = [
         i for i, m in markers.items() if m.get("input_sha256") != inputs.get(i, {}).get("sha256")
@@ -253,6 +268,13 @@ def finish(
         "rows_run": rows_run,
         "rows_per_s": round(rows_run / wall_s, 2) if rows_run and wall_s > 0 else None,
     }
+    if stage.count_by:
+        key = f"by_{stage.count_by}"
+        counts: collections.Counter[str] = collections.Counter()
+        for m in markers.values():
+            counts.update(m.get(key, {}))
+        stats[key] = dict(sorted(counts.items()))
+        stats["rows_out"] = sum(m["rows_out"] for m in markers.values())
     run.write_json(run.success_path(stage.output_table), {"shards": len(markers), "rows": rows})
     run.write_json(run.path("stats", f"{stage.name}.json"), stats)
     return stats

@@ -23,6 +23,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -187,3 +188,56 @@ def serve(backend: Any, *, fail_first: int = 0, fail_status: int = 503) -> Itera
         srv.shutdown()
         srv.server_close()
         thread.join(timeout=5)
+
+
+class ReplayVLM:
+    """Answers in the documented output formats, built from what the prompt carries (the
+    transcript, the alt text, the language); for one photo it answers prose without JSON.
+    It stands in for a real VLM (none can be downloaded here) behind the real HTTP path."""
+
+    name = "replay-vlm"
+
+    def __init__(self, broken_alt: str) -> None:
+        self.prompts: list[str] = []
+        self.broken_alt = broken_alt
+        self.lock = threading.Lock()
+
+    def generate(self, prompts, *, max_new_tokens=64, images=None, return_errors=False):
+        with self.lock:
+            self.prompts += list(prompts)
+        return [self._answer(p) for p in prompts]
+
+    def _answer(self, prompt: str) -> str:
+        if prompt.startswith("Describe this image in detail"):
+            return "A photo of a table with plates of food under warm light."
+        if prompt.startswith("Two images"):
+            return 'Differences:\n["a sign reading OPEN was added", "the plates were removed",]'
+        if prompt.startswith("Differences between"):
+            lang = re.search(r"in (English|Simplified Chinese)\.", prompt).group(1)
+            if lang == "English":
+                return 'Instruction: "Add a sign reading OPEN and remove the plates."'
+            return "添加写着OPEN的牌子，并移除盘子。"
+        ocr = re.search(r"may be empty\): (.*)\n", prompt).group(1)
+        ocr = "" if ocr == "(none)" else ocr
+        alt = re.search(r"Alt text: (.*)\n", prompt)
+        alt = alt.group(1) if alt else "A photo"
+        if alt == self.broken_alt:
+            return "I think this is a nice picture of some food."
+        quoted = f' A sign reads "{ocr}".' if ocr else ""
+        if "Simplified Chinese" in prompt:
+            answer = {
+                "caption_long": f"一张照片，桌上有食物。{quoted}",
+                "caption_medium": "桌上有几盘食物。",
+                "caption_short": "食物",
+                "caption_tags": ["食物", "桌子"],
+                "caption_user_prompt": "桌上的食物",
+            }
+        else:
+            answer = {
+                "Caption Long": f"{alt.rstrip('.')}, seen from above in daylight.{quoted}",
+                "caption_medium": alt,
+                "caption_short": alt.split(",")[0][:60],
+                "caption_tags": "food, table, plates",
+                "caption_user_prompt": "food on a table",
+            }
+        return "```json\n" + json.dumps(answer, ensure_ascii=False) + ",\n```"

@@ -9,7 +9,6 @@ import io
 import json
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,6 +25,7 @@ from infra.fonts import find_font
 from infra.tables import CAPTION_COLUMNS
 from pipelines.cli import app
 from pipelines.executors import get_executor
+from tests.captioner.openai_server import ReplayVLM
 from tests.conftest import EXAMPLES
 from tests.helpers import by_key, ingest_folders, profile, read_table
 
@@ -126,59 +126,6 @@ def test_tiny_vlm_answers_are_rejected_with_reasons_never_stored(photos, tiny_vl
 
 
 # -- a served model replaying well-formed answers ------------------------------------------
-class ReplayVLM:
-    """Answers in the documented output formats, built from what the prompt carries (the
-    transcript, the alt text, the language); for one photo it answers prose without JSON.
-    It stands in for a real VLM (none can be downloaded here) behind the real HTTP path."""
-
-    name = "replay-vlm"
-
-    def __init__(self, broken_alt: str) -> None:
-        self.prompts: list[str] = []
-        self.broken_alt = broken_alt
-        self.lock = threading.Lock()
-
-    def generate(self, prompts, *, max_new_tokens=64, images=None, return_errors=False):
-        with self.lock:
-            self.prompts += list(prompts)
-        return [self._answer(p) for p in prompts]
-
-    def _answer(self, prompt: str) -> str:
-        if prompt.startswith("Describe this image in detail"):
-            return "A photo of a table with plates of food under warm light."
-        if prompt.startswith("Two images"):
-            return 'Differences:\n["a sign reading OPEN was added", "the plates were removed",]'
-        if prompt.startswith("Differences between"):
-            lang = re.search(r"in (English|Simplified Chinese)\.", prompt).group(1)
-            if lang == "English":
-                return 'Instruction: "Add a sign reading OPEN and remove the plates."'
-            return "添加写着OPEN的牌子，并移除盘子。"
-        ocr = re.search(r"may be empty\): (.*)\n", prompt).group(1)
-        ocr = "" if ocr == "(none)" else ocr
-        alt = re.search(r"Alt text: (.*)\n", prompt)
-        alt = alt.group(1) if alt else "A photo"
-        if alt == self.broken_alt:
-            return "I think this is a nice picture of some food."
-        quoted = f' A sign reads "{ocr}".' if ocr else ""
-        if "Simplified Chinese" in prompt:
-            answer = {
-                "caption_long": f"一张照片，桌上有食物。{quoted}",
-                "caption_medium": "桌上有几盘食物。",
-                "caption_short": "食物",
-                "caption_tags": ["食物", "桌子"],
-                "caption_user_prompt": "桌上的食物",
-            }
-        else:
-            answer = {
-                "Caption Long": f"{alt.rstrip('.')}, seen from above in daylight.{quoted}",
-                "caption_medium": alt,
-                "caption_short": alt.split(",")[0][:60],
-                "caption_tags": "food, table, plates",
-                "caption_user_prompt": "food on a table",
-            }
-        return "```json\n" + json.dumps(answer, ensure_ascii=False) + ",\n```"
-
-
 def test_served_vlm_captions_are_parsed_stored_and_selected_on_ray(photos, tmp_path, ray_local):
     from knowledge_graph.build import write_graph
     from knowledge_graph.sampling import WeightsConfig, weights_step
