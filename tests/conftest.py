@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -25,6 +26,21 @@ def ray_local():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory, ray_local):
+    """The README's main job on the default (Ray) executor, once: (run directory, printed
+    output, each step's counters as first written -- later tests re-run steps locally)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    run_dir = tmp_path_factory.mktemp("qs") / "run"
+    res = CliRunner().invoke(app, ["run", str(EXAMPLES / "quickstart.toml"), "--run", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    stats = {p.stem: json.loads(p.read_text()) for p in (run_dir / "stats").glob("*.json")}
+    return run_dir, res.output, stats
 
 
 @pytest.fixture(scope="session")

@@ -18,18 +18,14 @@ N_BAD = sum(c.expected_error is not None for c in edge_cases())
 N_ALL = 25 + len(edge_cases())
 
 
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory, ray_local):
-    """The README's main job, on the default (Ray) executor."""
-    run_dir = tmp_path_factory.mktemp("qs") / "run"
-    res = runner.invoke(app, ["run", str(EXAMPLES / "quickstart.toml"), "--run", str(run_dir)])
-    assert res.exit_code == 0, res.output
-    return run_dir, res.output
+@pytest.fixture
+def quickstart(quickstart_run):
+    return quickstart_run[:2]
 
 
-def test_quickstart_accounts_for_every_row(quickstart):
-    run_dir, output = quickstart
-    stats = json.loads((run_dir / "stats" / "profile.json").read_text())
+def test_quickstart_accounts_for_every_row(quickstart_run):
+    run_dir, output, first_stats = quickstart_run
+    stats = first_stats["profile"]
     assert stats["executor"] == "ray"
     assert stats["in"] == N_ALL and stats["rejected"] == N_BAD and stats["ok"] == N_ALL - N_BAD
     manifest = json.loads((run_dir / "shards" / "quickstart" / "manifest.json").read_text())
