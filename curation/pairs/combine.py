@@ -60,7 +60,7 @@ def compose(steps: Sequence[tuple[Operation, bool]], lang: str) -> str | None:
             return None
         parts.append(text)
     if lang == "en":
-        parts = [parts[0]] + [p[0].lower() + p[1:] for p in parts[1:]]
+        parts = [parts[0][0].upper() + parts[0][1:]] + [p[0].lower() + p[1:] for p in parts[1:]]
         return ", then ".join(parts) + "."
     return "，然后".join(parts) + "。"
 

@@ -320,3 +320,44 @@ def test_all_pairs_through_zfoundry_run_then_on_ray_with_difference_captions(
         assert r["source_image"] == rows[key]["source_image"]
         assert json.loads(r["provenance"])["difference_caption"]["model"] == "replay-vlm"
     assert manifest["totals"]["i2i_by_kind"]["video"] == len(captioned)
+
+
+# -- the expert-model slot ----------------------------------------------------------------------
+def test_a_diffusers_editing_model_edits_and_its_inverse_gets_a_difference_caption(tmp_path):
+    """A tiny random InstructPix2Pix pipeline as one of N = 2 edits (the other a flip): pairs
+    whose steps include undoing the model's edit have no composed instruction; without a
+    backend they stay null, with one they get the three-step difference caption."""
+    from captioner.backends import BackendConfig
+    from tests.captioner.openai_server import ReplayVLM, serve
+    from tests.curation.tiny_editor import INSTRUCTIONS, save_tiny_instruct_pix2pix
+
+    model = save_tiny_instruct_pix2pix(tmp_path / "p2p")
+    buf = io.BytesIO()
+    Image.open(COCO25[0]).resize((96, 64)).save(buf, format="PNG")
+    batch = pa.table({"sample_id": ["s0"], "uri": [None], "image": [buf.getvalue()]})
+    expert = ExpertPairs(fraction=1.0, edits=2, editors=("flip",), model=str(model),
+                         instructions=INSTRUCTIONS[:1], steps=2)  # fmt: skip
+    stage = ImagePairsStage(expert=expert, text=TextPairs(fraction=0.0), min_side=32)
+    stage.setup()
+    rows = {(r["kind"], json.dumps([o["op"] for o in json.loads(r["operations"])])): r
+            for r in stage.process_batch(batch).to_pylist()}  # fmt: skip
+    assert len(rows) == 6 and all(r["error"] is None for r in rows.values())
+    edit = rows["expert", '["expert_model"]']
+    assert edit["instruction"] == "Make it snow." and edit["instruction_zh"] is None
+    out = np.asarray(Image.open(io.BytesIO(edit["target_image"])))
+    assert out.shape == (64, 96, 3) and out.std() > 0  # the model's (random) edit, resized
+    unknown = {k for k, r in rows.items() if r["instruction"] is None}
+    assert unknown == {("inverse", '["expert_model"]'), ("mixed", '["expert_model", "flip"]')}
+    assert rows["mixed", '["flip", "expert_model"]']["instruction"] == (
+        "Flip the image horizontally, then make it snow.")  # fmt: skip
+
+    with serve(ReplayVLM(broken_alt="")) as url:
+        backend = BackendConfig(kind="http", url=url, model="replay-vlm")
+        captioned = ImagePairsStage(expert=expert, text=TextPairs(fraction=0.0), min_side=32,
+                                    backend=backend)  # fmt: skip
+        captioned.setup()
+        again = captioned.process_batch(batch).to_pylist()
+    got = {r["pair_id"]: r["instruction"] for r in again}
+    for key in unknown:
+        assert got[rows[key]["pair_id"]] == "Add a sign reading OPEN and remove the plates."
+    assert sum(v == "Add a sign reading OPEN and remove the plates." for v in got.values()) == 2
