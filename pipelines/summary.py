@@ -40,31 +40,26 @@ def print_steps(results: dict[str, dict[str, Any]], console: Console, title: str
     console.print(steps)
 
 
-def print_summary(run: RunDir, results: dict[str, dict[str, Any]], console: Console) -> None:
-    print_steps(results, console, title="zfoundry run")
-    reasons: dict[str, int] = {}
+def _print_counts(results: dict[str, dict[str, Any]], key: str, title: str,
+                  columns: tuple[str, str], console: Console) -> None:  # fmt: skip
+    """One table of the ``key`` counters summed over the steps (largest first), if any."""
+    totals: dict[str, int] = {}
     for s in results.values():
-        for reason, n in s.get("reasons", {}).items():
-            reasons[reason] = reasons.get(reason, 0) + n
-    if reasons:
-        table = Table(title="rejects by reason", title_justify="left")
-        table.add_column("reason")
-        table.add_column("rows", justify="right")
-        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
-            table.add_row(reason, _fmt(n))
+        for name, n in s.get(key, {}).items():
+            totals[name] = totals.get(name, 0) + n
+    if totals:
+        table = Table(title=title, title_justify="left")
+        table.add_column(columns[0])
+        table.add_column(columns[1], justify="right")
+        for name, n in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])):
+            table.add_row(name, _fmt(n))
         console.print(table)
 
-    kinds: dict[str, int] = {}
-    for s in results.values():
-        for kind, n in s.get("by_kind", {}).items():
-            kinds[kind] = kinds.get(kind, 0) + n
-    if kinds:
-        table = Table(title="editing pairs by kind", title_justify="left")
-        table.add_column("kind")
-        table.add_column("pairs", justify="right")
-        for kind, n in sorted(kinds.items()):
-            table.add_row(kind, _fmt(n))
-        console.print(table)
+
+def print_summary(run: RunDir, results: dict[str, dict[str, Any]], console: Console) -> None:
+    print_steps(results, console, title="zfoundry run")
+    _print_counts(results, "reasons", "rejects by reason", ("reason", "rows"), console)
+    _print_counts(results, "by_kind", "editing pairs by kind", ("kind", "pairs"), console)
 
     if "select" in results:
         funnel = Table(title="select funnel (rows left after each predicate)", title_justify="left")

@@ -507,6 +507,9 @@ class PairsConfig:
     batch_rows: int = 16
     """Samples handed to the image stage at once (clips: a quarter of it)."""
 
+    def __post_init__(self) -> None:
+        self.image_stage(), self.video_stage()  # the stages check the shared fields now
+
     def image_stage(self) -> ImagePairsStage:
         return ImagePairsStage(expert=self.expert, text=self.text, backend=self.backend,
                                seed=self.seed, max_side=self.max_side, min_side=self.min_side,

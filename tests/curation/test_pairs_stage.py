@@ -202,6 +202,8 @@ def read_shards(folder: Path) -> list[dict]:
         ({"text": {"changes": ["shout"]}}, "changes"),
         ({"video": {"band": [0.9, 0.5]}}, "band"),
         ({"expert": {"model": "/nowhere"}}, "instructions"),
+        ({"jpeg_quality": 0}, "jpeg_quality"),
+        ({"min_side": 2048}, "max_side"),
     ],
 )
 def test_bad_pairs_configs_name_the_field(data, key):
