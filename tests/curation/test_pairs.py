@@ -74,7 +74,7 @@ def test_combination_composes_instructions_and_inverse_targets_are_the_photo(pho
 def test_an_expert_model_edit_without_an_inverse_needs_a_difference_caption(tmp_path):
     op = Operation("expert_model", {"instruction": "make it snow"}, "make it snow", None,
                    None, None)  # fmt: skip
-    assert compose([(op, False)], "en") == "make it snow."
+    assert compose([(op, False)], "en") == "Make it snow."  # a sentence, as composed ones are
     assert compose([(op, False)], "zh") is None and compose([(op, True)], "en") is None
     editor = DiffusersEditor(path=str(tmp_path / "missing"), instructions=("make it snow",))
     with pytest.raises(FileNotFoundError, match="missing"):
