@@ -58,6 +58,17 @@ class Clip:
     dim: int
 
 
+def encode_images(clip: Clip, images: list[Any]) -> Any:
+    """L2-normalised float32 image embeddings (``(n, dim)`` numpy) of RGB PIL images."""
+    import numpy as np
+    import torch
+
+    batch = torch.stack([clip.preprocess(im) for im in images]).to(clip.device)
+    with torch.inference_mode():
+        out = clip.model.encode_image(batch).float().cpu().numpy()
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def pick_device(device: str = "auto") -> str:
     import torch
 

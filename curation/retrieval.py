@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curation.clip import cache_dir
+from curation.clip import cache_dir, encode_images
 from curation.profiling.decode import decode, to_rgb8
 from curation.stages.embed import EmbedImagesStage
 from curation.vectors import IndexCache, nearest_to_failures, prune_list, search, voids
@@ -85,15 +85,8 @@ def embed_texts(stage: EmbedImagesStage, texts: list[str]) -> np.ndarray:
 
 
 def embed_images(stage: EmbedImagesStage, paths: list[Path]) -> np.ndarray:
-    import torch
-
-    clip = stage.clip
-    batch = torch.stack(
-        [clip.preprocess(to_rgb8(decode(p.read_bytes(), max_pixels=10**9).image)) for p in paths]
-    ).to(clip.device)
-    with torch.inference_mode():
-        out = clip.model.encode_image(batch).float().cpu().numpy()
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
+    images = [to_rgb8(decode(p.read_bytes(), max_pixels=10**9).image) for p in paths]
+    return encode_images(stage.clip, images)
 
 
 def search_run(

@@ -171,14 +171,15 @@ def pairs(run: RunDir, cfg: PairsConfig, executor) -> dict[str, Any]:
 
 def video_stage(run: RunDir, cfg: PairsConfig) -> VideoPairsStage:
     """The video stage with the run's CLIP model when ``[pairs.video]`` names none."""
+    from curation.retrieval import run_model
+
     video = cfg.video
     if video.model is None:
-        path = run.path("vectors", "_settings.json")
-        if not run.exists(path):
+        if not run.exists(run.path("vectors", "_settings.json")):
             raise ConfigError("no CLIP model for video pairs: set it, or run embed first",
                               source="[pairs.video]", key="model")  # fmt: skip
-        settings = run.read_json(path)
-        video = replace(video, model=settings["model"], pretrained=settings["pretrained"])
+        embed = run_model(run)
+        video = replace(video, model=embed.model, pretrained=embed.pretrained)
     return cfg.video_stage(video)
 
 

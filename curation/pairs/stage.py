@@ -30,7 +30,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
 from PIL import Image
 
@@ -436,16 +435,8 @@ class VideoPairsStage(_PairsStage):
         super().setup()
         self._clip = load_clip(self.video.model, self.video.pretrained)
 
-    def _embed(self, images: list[Image.Image]) -> np.ndarray:
-        import torch
-
-        batch = torch.stack([self._clip.preprocess(im) for im in images]).to(self._clip.device)
-        with torch.inference_mode():
-            vectors = self._clip.model.encode_image(batch).float().cpu().numpy()
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
     def process_batch(self, table: pa.Table) -> pa.Table:
-        from curation.clip import model_id
+        from curation.clip import encode_images, model_id
         from curation.pairs.video import Clip, ClipError, band_pairs, sample_frames
 
         cfg = self.video
@@ -458,7 +449,7 @@ class VideoPairsStage(_PairsStage):
             except ClipError as err:
                 failed.append((clip.clip_id, err.code, err.detail))
                 continue
-            vectors = self._embed([f.image for f in frames])
+            vectors = encode_images(self._clip, [f.image for f in frames])
             rng = random.Random(f"{self.seed}:video:{clip.clip_id}")
             kept = band_pairs(vectors, *cfg.band, cfg.max_pairs_per_clip, rng)
             if not kept:

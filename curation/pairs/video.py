@@ -66,12 +66,8 @@ class Clip:
     frames: tuple[str, ...] = ()  # absolute frame paths in name order ("frames"), () for videos
 
 
-class ClipError(Exception):
+class ClipError(DecodeError):
     """A per-clip failure: ``code`` (one of :data:`ERROR_CODES`) and ``detail``."""
-
-    def __init__(self, code: str, detail: str):
-        super().__init__(f"{code}: {detail}")
-        self.code, self.detail = code, detail
 
 
 @dataclass(frozen=True)
