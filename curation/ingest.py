@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from infra.config import Location, require
-from infra.storage import redact, resolve_uri
+from infra.storage import public_uri, redact, resolve_uri
 
 log = logging.getLogger(__name__)
 SIDECAR_EXTENSIONS = (".txt", ".json")
@@ -129,19 +129,6 @@ def _files(fs: pafs.FileSystem, root: str) -> list[tuple[str, str]]:
     return sorted((i.path[len(base) :], i.path) for i in infos if i.type == pafs.FileType.File)
 
 
-def _uri(fs: pafs.FileSystem, path: str, options: str = "") -> str:
-    """Where a sample's bytes live: a local path, or a URI with the source's filesystem
-    options (endpoint, scheme) but never its credentials, which readers take from their
-    environment."""
-    if fs.type_name == "local":
-        return path
-    return f"{fs.type_name}://{path}" + (f"?{options}" if options else "")
-
-
-def _options(location: str) -> str:
-    return location.partition("?")[2] if "://" in location else ""
-
-
 def make_sample_id(source: str, key: str) -> str:
     return hashlib.sha256(f"{source}\x1f{key}".encode()).hexdigest()[:24]
 
@@ -166,7 +153,7 @@ def validate_source(src: Source) -> None:
     for rel, full in _files(fs, root):
         if rel.endswith(".parquet") and not posixpath.basename(rel).startswith(("_", ".")):
             with fs.open_input_file(full) as handle:
-                _check_columns(src, pq.ParquetFile(handle).schema_arrow.names, _uri(fs, full))
+                _check_columns(src, pq.ParquetFile(handle).schema_arrow.names, public_uri(fs, full))
 
 
 @dataclass(frozen=True)
@@ -206,7 +193,7 @@ def _iter_folder(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[s
         meta = _meta_from_json(_read_text(fs, js), posixpath.basename(js)) if js else {}
         caption = _read_text(fs, txt).strip() if txt else None
         data = Deferred(fs, full) if src.inline else None
-        uri = _uri(fs, full, _options(src.path))
+        uri = public_uri(fs, full, src.path)
         yield _row(src.source_name, rel, uri, data, caption, meta)
 
 
@@ -241,7 +228,7 @@ def _iter_parquet(src: Source, fs: pafs.FileSystem, root: str) -> Iterator[dict[
         if not name.endswith(".parquet") or name.startswith(("_", ".")):
             continue
         with fs.open_input_file(full) as handle:
-            uri = _uri(fs, full, _options(src.path))
+            uri = public_uri(fs, full, src.path)
             yield from _parquet_rows(src, pq.ParquetFile(handle), rel, uri)
 
 
@@ -308,7 +295,7 @@ def _iter_tars(src: Source, fs, root: str, warnings: list[str]) -> Iterator[dict
 
 
 def _tar_samples(src: Source, fs, rel: str, full: str, warnings: list[str]) -> Iterator[dict]:
-    tar_uri = _uri(fs, full, _options(src.path))
+    tar_uri = public_uri(fs, full, src.path)
     group: dict[str, tuple[str, bytes]] = {}  # member name -> (extension, bytes)
     key = None
     with fs.open_input_stream(full) as stream:

@@ -91,6 +91,32 @@ def redact(location: str) -> str:
     return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
+def public_uri(fs: pafs.FileSystem, path: str, location: str = "") -> str:
+    """Where a file lives, to store in a table: ``path`` on a local filesystem, else a URI with
+    the filesystem options of ``location`` (the listed root: endpoint, scheme, region) but never
+    its credentials (pyarrow takes those only as ``user:password@``); readers take them from
+    their environment, or from the root again (:func:`with_credentials`)."""
+    if fs.type_name == "local":
+        return path
+    options = location.partition("?")[2] if "://" in location else ""
+    return f"{fs.type_name}://{path}" + (f"?{options}" if options else "")
+
+
+def with_credentials(uri: str, location: str) -> str:
+    """``uri`` (as :func:`public_uri` stores it) with the ``user:password@`` of ``location``
+    when both name the same scheme and bucket and ``uri`` has none; else ``uri`` unchanged. A
+    stage reading files listed from a configured root uses this, so a root given with
+    credentials needs none in the environment."""
+    if "://" not in uri or "://" not in location:
+        return uri
+    u = urllib.parse.urlsplit(uri, allow_fragments=False)
+    loc = urllib.parse.urlsplit(location, allow_fragments=False)
+    userinfo, _, host = loc.netloc.rpartition("@")
+    if not userinfo or u.scheme != loc.scheme or u.netloc != host:
+        return uri
+    return u._replace(netloc=f"{userinfo}@{host}").geturl()
+
+
 class RunDir:
     """One run's folder of tables. Cheap to construct and picklable (ships to Ray tasks)."""
 

@@ -307,7 +307,8 @@ def pairs(
     videos: Annotated[
         str | None,
         typer.Option(
-            help="Also make video-frame pairs from this folder of videos / frame folders."
+            help="Also make video-frame pairs from this folder of videos / frame folders "
+            "(a local path or an s3:// / gs:// URI)."
         ),
     ] = None,
     import_: Annotated[

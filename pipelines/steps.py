@@ -26,7 +26,7 @@ from curation.select import Recipe, select
 from curation.stages.embed import EmbedTextStage
 from curation.stages.score import ScoreStage
 from infra.config import ConfigError, load_toml, to_dict
-from infra.storage import RunDir, redact, shard_name
+from infra.storage import RunDir, public_uri, redact, resolve_uri, shard_name
 from infra.tables import CLIPS, SAMPLES, conform
 from pipelines.config import IngestConfig, PipelineConfig, PruneConfig, SelectConfig
 from pipelines.executors import get_executor
@@ -194,12 +194,14 @@ def clips_step(run: RunDir, cfg: VideoPairs) -> dict[str, Any]:
         done = run.read_json(run.success_path("clips"))
         return done | {"in": done["rows"]}
     clips = list_clips(str(cfg.videos))  # cheap: a listing; what a killed run left is redone
+    fs, root = resolve_uri(str(cfg.videos))
+    source = public_uri(fs, root, str(cfg.videos))  # the root without credentials
     run.delete(
         [*run.data_files("clips"), *(run.marker_path("clips", i) for i in run.completed("clips"))]
     )
     for index, start in enumerate(range(0, len(clips), cfg.clips_per_shard)):
         chunk = clips[start : start + cfg.clips_per_shard]
-        rows = [{"clip_id": c.clip_id, "source": str(cfg.videos), "uri": c.uri, "kind": c.kind,
+        rows = [{"clip_id": c.clip_id, "source": source, "uri": c.uri, "kind": c.kind,
                  "frames": list(c.frames) or None} for c in chunk]  # fmt: skip
         table = conform(pa.Table.from_pylist(rows, schema=CLIPS), CLIPS, name="clips")
         info = run.write_parquet("clips", shard_name(index), table)

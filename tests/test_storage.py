@@ -24,3 +24,21 @@ def test_uri_helpers_keep_options_and_hide_credentials():
     fs, path = resolve_uri(uri)
     assert path == "bucket/runs/r1" and fs.type_name == "s3"
     assert redact("/local/path") == "/local/path"
+
+
+def test_stored_uris_drop_credentials_and_a_reader_gives_them_back():
+    import pyarrow.fs as pafs
+
+    from infra.storage import public_uri, with_credentials
+
+    root = "s3://K:S@bucket/videos?endpoint_override=h:9000&scheme=http"
+    fs, path = resolve_uri(root)
+    stored = public_uri(fs, path + "/a b#1.mp4", root)
+    assert stored == "s3://bucket/videos/a b#1.mp4?endpoint_override=h:9000&scheme=http"
+    assert public_uri(pafs.LocalFileSystem(), "/data/a.mp4", root) == "/data/a.mp4"
+    back = with_credentials(stored, root)
+    assert back == "s3://K:S@bucket/videos/a b#1.mp4?endpoint_override=h:9000&scheme=http"
+    assert resolve_uri(back)[1] == "bucket/videos/a b#1.mp4"
+    for other in ("s3://other/x.mp4", "gs://bucket/x.mp4", "/local/x.mp4", "s3://U:P@bucket/x"):
+        assert with_credentials(other, root) == other  # another bucket/scheme, or has its own
+    assert with_credentials(stored, "s3://bucket/videos") == stored  # no credentials to give

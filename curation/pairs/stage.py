@@ -40,6 +40,7 @@ from curation.pairs.editors import BUILTIN, DiffusersEditor, Editor
 from curation.pairs.text_edits import CHANGES, text_edit, verify
 from infra.config import Location, require
 from infra.stage import Resources, Stage
+from infra.storage import with_credentials
 from infra.tables import EDIT_PAIRS, ERROR_DETAIL
 
 
@@ -376,8 +377,8 @@ class VideoPairs:
     """Video-frame pairs (``[pairs.video]``)."""
 
     videos: Location | None = None
-    """A folder of video files and/or folders of frames (one clip each), or one video file.
-    Unset: no video pairs."""
+    """A folder of video files and/or folders of frames (one clip each), or one video file: a
+    local path or a URI (``s3://bucket/videos``). Unset: no video pairs."""
     clips_per_shard: int = 16
     """Clips per ``clips/`` shard: the unit of parallelism and of resume."""
     frames_per_clip: int = 8
@@ -442,12 +443,15 @@ class VideoPairsStage(_PairsStage):
         cfg = self.video
         pairs: list[_Pair] = []
         failed: list[tuple[str, str, str]] = []
+        # stored URIs carry no credentials: the configured root's, if it has any
+        auth = lambda uri: with_credentials(uri, str(cfg.videos or ""))  # noqa: E731
         for row in table.to_pylist():
             clip = Clip(row["clip_id"], row["uri"], row["kind"], tuple(row["frames"] or ()))
+            readable = Clip(clip.clip_id, auth(clip.uri), clip.kind, tuple(map(auth, clip.frames)))
             try:
-                frames = sample_frames(clip, cfg.frames_per_clip, max_side=cfg.max_side)
-            except ClipError as err:
-                failed.append((clip.clip_id, err.code, err.detail))
+                frames = sample_frames(readable, cfg.frames_per_clip, max_side=cfg.max_side)
+            except ClipError as err:  # named by the stored URI (a video read from a URI is not)
+                failed.append((clip.clip_id, err.code, f"{clip.uri}: {err.detail}"))
                 continue
             vectors = encode_images(self._clip, [f.image for f in frames])
             rng = random.Random(f"{self.seed}:video:{clip.clip_id}")

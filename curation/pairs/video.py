@@ -4,8 +4,9 @@ scene changed a little (the camera moved, a person turned, the light changed).
 
 The pure building blocks; the stage that calls them embeds the frames with CLIP:
 
-- :func:`list_clips` finds the clips under a folder: every video file, and every folder that
-  directly holds two or more frame images (one clip per folder).
+- :func:`list_clips` finds the clips under a folder, local or in object storage (``s3://``,
+  ``gs://``; see below): every video file, and every folder that directly holds two or more
+  frame images (one clip per folder).
 - :func:`sample_frames` takes ``n`` frames evenly spaced over a clip, first and last included,
   downscaled, with a specific :class:`ClipError` for a clip that cannot give them.
 - :func:`band_pairs` keeps the frame pairs whose CLIP cosine lies in a band ``[lo, hi]``.
@@ -26,6 +27,12 @@ damaged last frame or two) the frames decoded are used and the missing targets f
 last good frame. A truncated MP4 whose index (``moov``) is at the end cannot be opened at
 all: ``unreadable``. Frames the decoder flags as corrupt are skipped.
 
+**Object storage.** A clip's ``uri`` (and its frames) is then a URI with the root's filesystem
+options but without its credentials (:func:`infra.storage.public_uri`, as ingest stores sample
+URIs); a reader given the root attaches them again (:func:`infra.storage.with_credentials`).
+Videos are read through pyarrow's random-access file, so an MP4 with its index at the end
+needs no download of the whole file first.
+
 In a frame folder an undecodable frame file is skipped, not replaced: the clip keeps its
 other sampled frames (so a broken first or last file leaves the span a step shorter). Frame
 files are in natural name order (``f2`` before ``f10``), the same as plain name order for
@@ -34,19 +41,23 @@ zero-padded numbers. Decoding runs in the calling process with FFmpeg's default 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
+import posixpath
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow.fs as pafs
 from PIL import Image
 
 from curation.profiling.decode import PILLOW_HARD_LIMIT, DecodeError, decode, fit, to_rgb8
 from infra.config import require
+from infra.storage import public_uri, read_bytes, redact, resolve_uri
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -61,9 +72,9 @@ _ROTATE = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
 @dataclass(frozen=True)
 class Clip:
     clip_id: str  # sha256 hex[:24] of the path relative to the listed root (posix)
-    uri: str  # absolute path of the video file or of the frame folder
+    uri: str  # absolute path (or URI) of the video file or of the frame folder
     kind: str  # "video" | "frames"
-    frames: tuple[str, ...] = ()  # absolute frame paths in name order ("frames"), () for videos
+    frames: tuple[str, ...] = ()  # frame paths (URIs) in name order ("frames"), () for videos
 
 
 class ClipError(DecodeError):
@@ -87,30 +98,40 @@ def _natural(name: str) -> tuple:
 
 
 def list_clips(root: str | Path) -> list[Clip]:
-    """Every video file and every frame folder (>= 2 frame images) under ``root``, sorted by
-    path relative to ``root``; hidden files and folders (``.name``) are ignored."""
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"clip root not found: {root}")
-    if root.is_file():
-        if root.suffix.lower() not in VIDEO_EXTENSIONS:
-            raise ValueError(f"root: a folder or a video file {VIDEO_EXTENSIONS}, got {root}")
-        return [Clip(_clip_id(root.name), os.path.abspath(root), "video")]
+    """Every video file and every frame folder (>= 2 frame images) under ``root`` -- a local
+    path or a URI -- sorted by path relative to ``root``; hidden files and folders (``.name``)
+    are ignored."""
+    fs, base = resolve_uri(root)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"clip root not found: {redact(str(root))}")
+    where = lambda path: public_uri(fs, path, str(root))  # noqa: E731
+    if info.type == pafs.FileType.File:
+        if posixpath.splitext(base)[1].lower() not in VIDEO_EXTENSIONS:
+            raise ValueError(
+                f"root: a folder or a video file {VIDEO_EXTENSIONS}, got {redact(str(root))}"
+            )
+        return [Clip(_clip_id(info.base_name), where(base), "video")]
+    prefix = base.rstrip("/") + "/"
+    folders: dict[str, list[str]] = {}  # relative folder -> visible file names
+    for f in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        rel = f.path[len(prefix) :]
+        if f.type != pafs.FileType.File or any(p.startswith(".") for p in rel.split("/")):
+            continue
+        folder, name = posixpath.split(rel)
+        folders.setdefault(folder, []).append(name)
     clips: list[tuple[str, Clip]] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        here = Path(folder)
-        rel_dir = here.relative_to(root)
-        visible = [f for f in files if not f.startswith(".")]
-        for name in visible:
-            if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
-                rel = (rel_dir / name).as_posix()
-                clips.append((rel, Clip(_clip_id(rel), os.path.abspath(here / name), "video")))
-        frames = [f for f in visible if Path(f).suffix.lower() in FRAME_EXTENSIONS]
+    for folder, names in folders.items():
+        full = posixpath.join(prefix, folder) if folder else base
+        for name in names:
+            if posixpath.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                rel = posixpath.join(folder, name)
+                clips.append((rel, Clip(_clip_id(rel), where(posixpath.join(full, name)), "video")))
+        frames = [n for n in names if posixpath.splitext(n)[1].lower() in FRAME_EXTENSIONS]
         if len(frames) >= 2:
-            rel = rel_dir.as_posix()
-            paths = tuple(os.path.abspath(here / f) for f in sorted(frames, key=_natural))
-            clips.append((rel, Clip(_clip_id(rel), os.path.abspath(here), "frames", paths)))
+            paths = tuple(where(posixpath.join(full, n)) for n in sorted(frames, key=_natural))
+            rel = folder or "."
+            clips.append((rel, Clip(_clip_id(rel), where(full), "frames", paths)))
     return [clip for _, clip in sorted(clips, key=lambda c: c[0])]
 
 
@@ -132,7 +153,7 @@ def _sample_folder(paths: tuple[str, ...], n: int, max_side: int) -> list[Frame]
     out = []
     for i in picks:
         try:
-            image = to_rgb8(decode(Path(paths[i]).read_bytes(), max_pixels=PILLOW_HARD_LIMIT).image)
+            image = to_rgb8(decode(read_bytes(paths[i]), max_pixels=PILLOW_HARD_LIMIT).image)
         except (DecodeError, OSError):  # skipped: the clip keeps its other frames
             continue
         out.append(Frame(i, None, fit(image, max_side)))
@@ -154,10 +175,23 @@ def _declared_end(container, stream) -> float | None:
     return None
 
 
+@contextlib.contextmanager
+def _open(uri: str) -> Iterator[av.container.InputContainer]:
+    """A local file by path (FFmpeg's own I/O); a URI through pyarrow's random-access file.
+    Opening errors propagate (the caller names them)."""
+    with contextlib.ExitStack() as stack:
+        if "://" in uri and not uri.startswith("file://"):
+            fs, path = resolve_uri(uri)
+            source = stack.enter_context(fs.open_input_file(path))
+        else:
+            source = uri.removeprefix("file://")
+        yield stack.enter_context(av.open(source))
+
+
 def _last_packet_end(uri: str) -> float | None:
     """End of the last video packet, by demuxing the file (no decoding)."""
     end = None
-    with av.open(uri) as container:
+    with _open(uri) as container:
         stream = container.streams.video[0]
         for packet in container.demux(stream):
             if packet.pts is not None:
@@ -178,11 +212,11 @@ def _image(frame: av.VideoFrame, max_side: int) -> Image.Image:
 
 
 def _sample_video(uri: str, n: int, max_side: int) -> list[Frame]:
-    try:
-        container = av.open(uri)
-    except _AV_ERRORS as err:
-        raise ClipError("unreadable", f"{type(err).__name__}: {err}") from None
-    with container:
+    with contextlib.ExitStack() as stack:
+        try:
+            container = stack.enter_context(_open(uri))
+        except _AV_ERRORS as err:
+            raise ClipError("unreadable", f"{type(err).__name__}: {err}") from None
         if not container.streams.video:
             raise ClipError("no_video_stream", f"streams: {[s.type for s in container.streams]}")
         stream = container.streams.video[0]

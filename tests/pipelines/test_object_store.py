@@ -128,3 +128,65 @@ def test_uris_in_a_parquet_column_are_read_lazily_from_s3(s3, monkeypatch):
     assert uris[0].startswith("s3://zfoundry/in/pool/coco/") and "testing" not in uris[0]
     stats = profile(run)
     assert stats["ok"] == 4 and stats["reasons"] == {"read_failed": 1}
+
+
+def test_video_pairs_from_clips_in_s3_equal_local_and_store_no_credentials(s3, tmp_path):
+    """Videos and frame folders listed and read from S3 (the MP4 through pyarrow's
+    random-access file) give the same clips and frames as the local copy; stored URIs carry
+    the endpoint but no credentials, and the stage reads with the root's."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from curation.pairs.stage import PairsConfig, VideoPairs
+    from curation.pairs.video import Clip, ClipError, list_clips, sample_frames
+    from infra.storage import with_credentials
+    from pipelines.executors import get_executor
+    from pipelines.steps import clips_step, video_stage
+    from tests.curation.videos import Segment, write_frames, write_video
+
+    photo = Image.open(EXAMPLES / "data" / "coco25" / "000000099053.jpg")
+    local = tmp_path / "videos"
+    for folder in ("day", ".cache"):
+        (local / folder).mkdir(parents=True)
+    write_video(local / "day" / "pan.mp4", [Segment(photo, "pan", 12)])
+    write_frames(local / "day" / "zoom", [Segment(photo, "zoom", 6)])
+    write_video(local / ".cache" / "hidden.mp4", [Segment(photo, "static", 2)])
+    (local / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(2048))
+    fs, _ = resolve_uri(s3.format("x"))
+    pafs.copy_files(str(local), "zfoundry/videos", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)  # fmt: skip
+    root = s3.format("videos")
+
+    remote, here = list_clips(root), list_clips(local)
+    assert [(c.clip_id, c.kind, len(c.frames)) for c in remote] == [
+        (c.clip_id, c.kind, len(c.frames)) for c in here]  # fmt: skip
+    assert len(remote) == 3  # broken.mp4, day/pan.mp4, day/zoom; hidden folders skipped
+    assert all(u.startswith("s3://zfoundry/videos/") and "testing" not in u and
+               "endpoint_override" in u for c in remote for u in (c.uri, *c.frames))  # fmt: skip
+    for r, h in zip(remote, here, strict=True):
+        auth = lambda u: with_credentials(u, root)  # noqa: E731
+        readable = Clip(r.clip_id, auth(r.uri), r.kind, tuple(map(auth, r.frames)))
+        if h.uri.endswith("broken.mp4"):
+            for clip in (readable, h):
+                with pytest.raises(ClipError) as err:
+                    sample_frames(clip, 4)
+                assert err.value.code == "unreadable"
+            continue
+        got, want = sample_frames(readable, 4), sample_frames(h, 4)
+        assert [(f.index, f.time_s) for f in got] == [(f.index, f.time_s) for f in want]
+        assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image))
+                   for a, b in zip(got, want, strict=True))  # fmt: skip
+
+    run = RunDir(s3.format("runs/video"))
+    video = VideoPairs(videos=root, frames_per_clip=6, band=(0.985, 0.9995), model="zf-tiny-clip")
+    assert clips_step(run, video)["in"] == 3
+    stats = get_executor("local", progress=False).run_stage(
+        video_stage(run, PairsConfig(video=video)), run
+    )
+    assert (stats["in"], stats["ok"]) == (3, 2) and stats["reasons"] == {"unreadable": 1}
+    for table in ("clips", "edit_pairs", "rejects"):
+        for path in run.data_files(table):
+            for row in pq.read_table(path, filesystem=run.fs).to_pylist():
+                text = json.dumps(row, default=lambda b: "<bytes>")
+                assert "testing" not in text and "s3://zfoundry/videos/" in text, table
