@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -273,7 +274,8 @@ def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> dic
     compression = {
         name: ("none" if name in BINARY_COLUMNS else "zstd") for name in table.column_names
     }
-    dictionary = [n for n in table.column_names if n not in BINARY_COLUMNS]
+    repeated = [n for n in table.column_names if n in BINARY_COLUMNS and _repeats(table[n])]
+    dictionary = [n for n in table.column_names if n not in BINARY_COLUMNS or n in repeated]
     sink = pa.BufferOutputStream()
     pq.write_table(
         table,
@@ -281,10 +283,23 @@ def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> dic
         compression=compression,
         use_dictionary=dictionary,
         row_group_size=ROW_GROUP_ROWS,
+        # Image columns are dictionary-encoded only when values repeat (an edited image is in
+        # 2N edit pairs), so each distinct image is stored once per row group. The raised limit
+        # keeps it so past the first write batch (1024 rows), where pyarrow would otherwise fall
+        # back to plain encoding once the dictionary passed 1 MB.
+        dictionary_pagesize_limit=_IMAGE_DICTIONARY_BYTES if repeated else None,
     )
     data = sink.getvalue()
     write_bytes_atomic(fs, path, data)
     return {"rows": table.num_rows, "bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+_IMAGE_DICTIONARY_BYTES = 1 << 30
+
+
+def _repeats(column: pa.ChunkedArray) -> bool:
+    """Whether a column holds the same non-null value more than once."""
+    return pc.count_distinct(column).as_py() < len(column) - column.null_count
 
 
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:

@@ -42,3 +42,26 @@ def test_stored_uris_drop_credentials_and_a_reader_gives_them_back():
     for other in ("s3://other/x.mp4", "gs://bucket/x.mp4", "/local/x.mp4", "s3://U:P@bucket/x"):
         assert with_credentials(other, root) == other  # another bucket/scheme, or has its own
     assert with_credentials(stored, "s3://bucket/videos") == stored  # no credentials to give
+
+
+def test_a_repeated_image_is_stored_once_and_unique_images_stay_plain(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from infra.storage import write_parquet_atomic
+
+    rng = np.random.default_rng(0)
+    images = [rng.bytes(300_000) for _ in range(8)]  # 2.4 MB distinct: over the 1 MB default
+    fs, root = resolve_uri(tmp_path)
+    repeated = pa.table({"pair_id": [str(i) for i in range(32)],
+                         "target_image": [images[i % 8] for i in range(32)]})  # fmt: skip
+    unique = pa.table({"sample_id": [str(i) for i in range(8)], "image": images})
+    sizes = {}
+    for name, table in (("repeated", repeated), ("unique", unique)):
+        info = write_parquet_atomic(fs, f"{root}/{name}.parquet", table)
+        assert pq.read_table(tmp_path / f"{name}.parquet").equals(table)
+        sizes[name] = info["bytes"]
+        meta = pq.ParquetFile(tmp_path / f"{name}.parquet").metadata.row_group(0).column(1)
+        assert (meta.dictionary_page_offset is not None) == (name == "repeated")
+    assert sizes["repeated"] < 1.05 * sizes["unique"]  # 32 values, 8 distinct: stored once each
