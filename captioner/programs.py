@@ -24,7 +24,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,10 @@ class DiffCaption:
     edit_instruction: str
     language: str
     prompt_version: str
+    translations: dict[str, str] = field(default_factory=dict)
+    """The instruction in each of ``also``'s languages whose answer passed validation."""
+    translation_errors: dict[str, str] = field(default_factory=dict)
+    """Why the others have none (the answer failed validation, or the backend's error)."""
 
 
 def difference_captions(
@@ -201,19 +205,24 @@ def difference_captions(
     *,
     prompts: Prompts | None = None,
     language: str = "en",
+    also: Sequence[str] = (),
     max_new_tokens: int = 384,
 ) -> list[DiffCaption | Exception]:
     """Difference captions for image pairs (the report's three steps), batched per step:
 
     1. a detailed caption of each image (``diff_describe``, one image per prompt);
     2. a difference analysis from both images and both captions (``diff_analyse``);
-    3. a concise editing instruction from the differences (``diff_instruct``, text only).
+    3. a concise editing instruction from the differences (``diff_instruct``, text only), in
+       ``language`` and then in each of ``also`` (one more text-only prompt per language).
 
     One entry per pair: a :class:`DiffCaption`, or the exception that stopped it -- a
     :class:`Rejected` (its reason says which step's answer failed validation) or the
-    backend's per-row error. Pairs that fail a step are not asked the next one."""
-    if language not in LANGUAGES:
-        raise ValueError(f"language {language!r}: one of {sorted(LANGUAGES)}")
+    backend's per-row error. Pairs that fail a step are not asked the next one. An ``also``
+    language whose answer fails leaves the pair its ``language`` instruction (the reason is in
+    ``translation_errors``)."""
+    for lang in (language, *also):
+        if lang not in LANGUAGES:
+            raise ValueError(f"language {lang!r}: one of {sorted(LANGUAGES)}")
     prompts = prompts or load_prompts()
     out: list[DiffCaption | Exception | None] = [None] * len(pairs)
     # keys are (pair, ...): a pair's first failure is kept and stops its later steps
@@ -271,10 +280,26 @@ def difference_captions(
         lambda a, _: parse_instruction(a, language=language),
         "instruct",
     )
+    # step 3 again in the other languages, for the pairs that have an instruction
+    keys = [(i, lang) for lang in also for (i,) in sorted(instructions)]
+    texts = [prompts.render("diff_instruct", differences=diffs[(i,)], language=LANGUAGES[lang])
+             for i, lang in keys]  # fmt: skip
+    answers = backend.generate(texts, images=None, max_new_tokens=max_new_tokens,
+                               return_errors=True) if keys else []  # fmt: skip
+    translated: dict[int, dict[str, str]] = {}
+    errors: dict[int, dict[str, str]] = {}
+    for (i, lang), answer in zip(keys, answers, strict=True):
+        try:
+            if isinstance(answer, BaseException):
+                raise Rejected(f"backend: {answer}")
+            translated.setdefault(i, {})[lang] = parse_instruction(answer, language=lang)
+        except Rejected as err:
+            errors.setdefault(i, {})[lang] = f"instruct: {err}"
     for (i,), instruction in instructions.items():
         out[i] = DiffCaption(
-            captions[i, 0], captions[i, 1], diffs[(i,)], instruction, language, prompts.version
-        )
+            captions[i, 0], captions[i, 1], diffs[(i,)], instruction, language, prompts.version,
+            translated.get(i, {}), errors.get(i, {}),
+        )  # fmt: skip
     return [o if o is not None else RuntimeError("no result") for o in out]
 
 

@@ -150,6 +150,10 @@ class _PairsStage(Stage):
     """Vision-language model for difference captions of pairs whose operations cannot be
     described (``[pairs.backend]``, as ``[caption.backend]``). Unset: those pairs keep a null
     instruction."""
+    difference_zh: bool = True
+    """Also ask the backend for a difference-captioned pair's instruction in Chinese (one more
+    text-only prompt per pair) for ``instruction_zh``; an answer that fails validation leaves
+    it null (the reason is in the pair's provenance)."""
     seed: int = 0
     """Seed of every random choice (same seed, same pairs)."""
     jpeg_quality: int = 95
@@ -187,16 +191,20 @@ class _PairsStage(Stage):
         from captioner.programs import Rejected, difference_captions
 
         images = [(self._bytes(p.source), self._bytes(p.target)) for p in todo]
-        for pair, got in zip(todo, difference_captions(self._backend, images), strict=True):
+        also = ("zh",) if self.difference_zh else ()
+        got_all = difference_captions(self._backend, images, language="en", also=also)
+        for pair, got in zip(todo, got_all, strict=True):
             if isinstance(got, Exception):
                 code = "caption_rejected" if isinstance(got, Rejected) else "backend_error"
                 pair.error = (code, f"{pair.kind} pair {pair.refs}: {got}")
             else:
                 pair.instruction = got.edit_instruction
+                pair.instruction_zh = got.translations.get("zh")
                 pair.provenance["difference_caption"] = {
                     "model": self.backend.model if self.backend else None,
                     "prompt_version": got.prompt_version,
                     "differences": got.differences.splitlines(),
+                    **({"errors": got.translation_errors} if got.translation_errors else {}),
                 }
 
     def _bytes(self, image: str | Image.Image) -> bytes:
@@ -489,6 +497,9 @@ class PairsConfig:
     """Vision-language model for difference captions (``[pairs.backend]``, as
     ``[caption.backend]``). Unset: pairs whose operations cannot be described keep a null
     instruction, and select skips them."""
+    difference_zh: bool = True
+    """Also ask ``backend`` for each difference caption's instruction in Chinese
+    (``instruction_zh``; one more text-only prompt per pair)."""
     seed: int = 0
     """Seed of every random choice (same seed, same pairs)."""
     max_side: int = 1024
@@ -507,11 +518,13 @@ class PairsConfig:
 
     def image_stage(self) -> ImagePairsStage:
         return ImagePairsStage(expert=self.expert, text=self.text, backend=self.backend,
-                               seed=self.seed, max_side=self.max_side, min_side=self.min_side,
+                               difference_zh=self.difference_zh, seed=self.seed,
+                               max_side=self.max_side, min_side=self.min_side,
                                jpeg_quality=self.jpeg_quality, gpus=self.gpus,
                                batch_rows=self.batch_rows)  # fmt: skip
 
     def video_stage(self, video: VideoPairs | None = None) -> VideoPairsStage:
-        return VideoPairsStage(video=video or self.video, backend=self.backend, seed=self.seed,
+        return VideoPairsStage(video=video or self.video, backend=self.backend,
+                               difference_zh=self.difference_zh, seed=self.seed,
                                jpeg_quality=self.jpeg_quality, gpus=self.gpus,
                                batch_rows=max(1, self.batch_rows // 4))  # fmt: skip

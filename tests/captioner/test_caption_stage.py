@@ -224,6 +224,27 @@ def test_difference_captions_three_steps(photos):
     assert [f.split()[0] for f in first] == ["Describe", "Describe", "Two", "Differences"]
 
 
+def test_difference_captions_also_in_chinese_keep_english_when_the_chinese_fails(photos):
+    class EnglishOnly(ReplayVLM):  # answers the Chinese instruction prompt in English
+        def _answer(self, prompt: str) -> str:
+            if prompt.startswith("Differences between") and "Simplified Chinese" in prompt:
+                return "Add a sign."
+            return super()._answer(prompt)
+
+    pair = ((photos / "000000062554.jpg").read_bytes(), (photos / "plain.jpg").read_bytes())
+    vlm = ReplayVLM(broken_alt="")
+    both = difference_captions(vlm, [pair, pair], also=("zh",))
+    assert len(vlm.prompts) == 2 * 5  # describe x2, analyse, instruct, instruct in Chinese
+    for got in both:
+        assert got.edit_instruction == "Add a sign reading OPEN and remove the plates."
+        assert got.translations == {"zh": "添加写着OPEN的牌子，并移除盘子。"}
+    (half,) = difference_captions(EnglishOnly(broken_alt=""), [pair], also=("zh",))
+    assert half.edit_instruction == "Add a sign reading OPEN and remove the plates."
+    assert half.translations == {} and "not Chinese" in half.translation_errors["zh"]
+    with pytest.raises(ValueError, match="'fr'"):
+        difference_captions(vlm, [pair], also=("fr",))
+
+
 def test_difference_captions_from_the_tiny_vlm_fail_validation(photos, tiny_vlm):
     from captioner.vlm import VisionTransformersBackend
 

@@ -319,6 +319,7 @@ def test_all_pairs_through_zfoundry_run_then_on_ray_with_difference_captions(
     assert captioned.keys() == rows.keys()  # the same frames kept on Ray
     for key, r in captioned.items():
         assert r["instruction"] == "Add a sign reading OPEN and remove the plates."
+        assert r["instruction_zh"] == "添加写着OPEN的牌子，并移除盘子。"  # difference_zh
         assert r["source_image"] == rows[key]["source_image"]
         assert json.loads(r["provenance"])["difference_caption"]["model"] == "replay-vlm"
     assert manifest["totals"]["i2i_by_kind"]["video"] == len(captioned)
@@ -360,6 +361,8 @@ def test_a_diffusers_editing_model_edits_and_its_inverse_gets_a_difference_capti
         captioned.setup()
         again = captioned.process_batch(batch).to_pylist()
     got = {r["pair_id"]: r["instruction"] for r in again}
+    zh = {r["pair_id"]: r["instruction_zh"] for r in again}
     for key in unknown:
         assert got[rows[key]["pair_id"]] == "Add a sign reading OPEN and remove the plates."
+        assert zh[rows[key]["pair_id"]] == "添加写着OPEN的牌子，并移除盘子。"
     assert sum(v == "Add a sign reading OPEN and remove the plates." for v in got.values()) == 2
