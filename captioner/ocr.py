@@ -47,6 +47,7 @@ from PIL import Image
 
 DIST = "rapidocr-onnxruntime"
 SPACE_THRESHOLD = 0.008
+MAX_OCR_ASPECT = 8  # longer side / shorter side given to the detector (see _bounded_aspect)
 # Han, kana, CJK punctuation and full-width forms: scripts written without spaces.
 _CJK = re.compile("[\u2e80-\u9fff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003ffff]")
 
@@ -97,7 +98,7 @@ class RapidOcrEngine:
         bgr = _to_bgr(image)
         ocr = self._engine()
         try:
-            found, _ = ocr(bgr)
+            found, _ = ocr(_bounded_aspect(bgr))
         except Exception as e:  # cv2 / onnxruntime errors on a pathological image
             h, w = bgr.shape[:2]
             raise OcrError(f"OCR failed on a {w}x{h} image: {type(e).__name__}: {e}") from e
@@ -197,6 +198,19 @@ def reading_order(lines: list[OcrLine]) -> OcrResult:
     ordered = [sorted(members, key=lambda ln: ln.box[0]) for _, _, members in rows]
     text = "\n".join(" ".join(ln.text for ln in row) for row in ordered)
     return OcrResult(text=text, lines=tuple(ln for row in ordered for ln in row))
+
+
+def _bounded_aspect(bgr: np.ndarray) -> np.ndarray:
+    """``bgr`` with its short side padded (edge colours repeated, bottom or right, so boxes keep
+    their coordinates) to at least 1/``MAX_OCR_ASPECT`` of the long side. rapidocr's detector
+    scales the *short* side up to 736 px, so its memory grows with the aspect ratio: a 1536x1
+    strip asked for a 46080x11520 float array, and a banner of 4000x2 px took over 24 GB."""
+    h, w = bgr.shape[:2]
+    short = -(-max(h, w) // MAX_OCR_ASPECT)  # ceil
+    if min(h, w) >= short:
+        return bgr
+    pad = ((0, short - h), (0, 0), (0, 0)) if h < w else ((0, 0), (0, short - w), (0, 0))
+    return np.pad(bgr, pad, mode="edge")
 
 
 def _to_bgr(image: bytes | Image.Image) -> np.ndarray:

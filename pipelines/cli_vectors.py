@@ -250,7 +250,7 @@ def dedup(
     from pipelines.cli import _executor, _report, _stage
 
     extra = [f"k={k}"] * (k is not None) + [f"threshold={threshold}"] * (threshold is not None)
-    extra += [f'method="{method.value}"'] * (method is not None)
+    extra += [f'method="{method.value}"'] if method is not None else []
     try:
         cfg = _stage(DedupConfig, "dedup", config, [*(set_ or []), *extra])
         ex = _executor(executor, address)

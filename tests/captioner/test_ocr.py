@@ -119,6 +119,26 @@ def test_blank_image_gives_empty_result(engine):
     assert engine.read(Image.new("RGB", (320, 240), (128, 128, 128))) == OcrResult("", ())
 
 
+def test_thin_strips_are_read_in_bounded_memory(engine, monkeypatch):
+    """rapidocr scales the short side up to 736 px: a 4000x2 strip (examples' edge case) took
+    over 24 GB before the engine padded strips to an aspect ratio of at most 8."""
+    from captioner import ocr as ocr_module
+
+    banner = Image.new("RGB", (1200, 56), (250, 250, 250))  # aspect 21: padded to 1200x150
+    banner, box = render_text(banner, "OPEN DAILY", font=find_font("latin"), size=40,
+                              position=(40, 6), colour=(20, 20, 20), background=None)  # fmt: skip
+    seen = []
+    bounded = ocr_module._bounded_aspect
+    monkeypatch.setattr(
+        ocr_module, "_bounded_aspect", lambda a: seen.append(bounded(a)) or seen[-1]
+    )
+    result = engine.read(jpeg(banner))
+    assert "OPEN DAILY" in result.text and overlap(result.lines[0].box, box) > 0.6
+    assert engine.read(Image.new("RGB", (4000, 2), "white")) == OcrResult("", ())
+    assert [a.shape for a in seen] == [(150, 1200, 3), (500, 4000, 3)]
+    assert np.array_equal(seen[0][:56], np.asarray(Image.open(io.BytesIO(jpeg(banner))))[..., ::-1])
+
+
 def test_undecodable_bytes(engine, photos):
     good = jpeg(Image.new("RGB", (64, 64), WHITE))
     for bad in (b"not an image", photos[1].read_bytes()[:200]):

@@ -263,6 +263,10 @@ def test_cli_dedup_json(tmp_path, data):
     assert res.exit_code == 0, res.output
     stats = json.loads(res.output)
     assert stats["method"] == "range" and stats["in"] == 300
+    write_foreign_vectors(tmp_path / "default", x[:300])  # no --method: the default method
+    res = CliRunner().invoke(app, ["dedup", str(tmp_path / "default"), "--k", "10", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["method"] == "knn-leiden"
 
 
 def test_semdedup_method_through_the_step(tmp_path, data):

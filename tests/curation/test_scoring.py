@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,10 +70,21 @@ def test_a_head_trained_on_originals_vs_tinted_copies_reaches_auc_09(
     assert result["n_holdout"] >= 10 and result["labels_without_vectors"] == 0
 
 
-def test_scores_use_the_trained_head_and_record_its_version(colour_vs_grey, tmp_path):
+def test_scores_use_the_trained_head_and_record_its_version(colour_vs_grey):
+    """The head is trained by ``zfoundry heads train`` into its default RUN_DIR/heads/."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
     run, labels = colour_vs_grey
-    result = train_head_on_run(run, "aigc", labels, tmp_path / "aigc.safetensors")
-    stage = score_stage(run, ScoreStage(aigc=str(tmp_path / "aigc.safetensors")))
+    cli = ["heads", "train", run.root, "--head", "aigc", "--labels", str(labels), "--json"]
+    res = CliRunner().invoke(app, cli)
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    assert result["path"] == str(Path(run.root) / "heads" / "aigc.safetensors")
+    stage = score_stage(run, ScoreStage(aigc=result["path"]))
     stats = get_executor("local", progress=False).run_stage(stage, run)
     scores = read_table(run, "scores").to_pylist()
     assert stats["in"] == len(scores) == read_table(run, "vectors").num_rows
