@@ -9,6 +9,8 @@ pieces around one reference image, the source image's latents as the clean refer
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,19 +36,34 @@ class EncodedBatch:
         return len(self.latents)
 
 
+@contextlib.contextmanager
+def _naming_the_pipeline(pipeline: str, part: str) -> Iterator[None]:
+    """A checkpoint that cannot be found or loaded is a ``FileNotFoundError`` naming the
+    config field, not the hub client's traceback."""
+    try:
+        yield
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(
+            f"encoders.pipeline = {pipeline!r}: cannot load its {part} (a local Z-Image pipeline "
+            f"folder, or a hub id already in the Hugging Face cache; nothing is downloaded with "
+            f"HF_HUB_OFFLINE=1): {reason}"
+        ) from err
+
+
 class Encoders:
     def __init__(self, config: EncoderConfig, device: torch.device, dtype: torch.dtype) -> None:
         self.config = config
-        text = TextEncoder.from_pretrained(config.pipeline, device=device, dtype=dtype)
-        if (
-            text.tokenizer.padding_side == "right"
-        ):  # same features, much cheaper (model.text_encoder)
-            text.padding = "longest"
+        with _naming_the_pipeline(config.pipeline, "text encoder"):
+            text = TextEncoder.from_pretrained(config.pipeline, device=device, dtype=dtype)
+        if text.tokenizer.padding_side == "right":  # same features, much cheaper
+            text.padding = "longest"  # (model.text_encoder)
         self.text = text
         if config.latent_space == "pixel":
             self.vae: VAE = PixelLatents().to(device)
         else:
-            self.vae = VAE.from_pretrained(config.pipeline, device=device, dtype=dtype)
+            with _naming_the_pipeline(config.pipeline, "VAE"):
+                self.vae = VAE.from_pretrained(config.pipeline, device=device, dtype=dtype)
 
     @property
     def caption_dim(self) -> int:

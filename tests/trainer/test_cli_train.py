@@ -81,6 +81,11 @@ def test_bad_stage_and_overrides_are_named(toy, tmp_path):
     assert result.exit_code == 2 and "CLI: optim.lr: must be > 0" in said(result)
     result = runner.invoke(app, ["train", stage, "--backend", "slurm"])
     assert result.exit_code == 2 and "backend" in said(result) and "local" in said(result)
+    missing = str(tmp_path / "no-such-pipeline")  # a checkpoint that is not there: the field
+    result = runner.invoke(app, ["train", stage, "--set", f'encoders.pipeline="{missing}"'])
+    assert result.exit_code == 2, result.output
+    flat = "".join(result.output.split())  # the console wraps the long path anywhere
+    assert f"encoders.pipeline='{missing}':cannotloaditstextencoder" in flat, result.output
 
 
 def test_module_entry_point_has_every_command():
