@@ -92,9 +92,15 @@ def load_clip(
         precision = "bf16" if device.startswith("cuda") else "fp32"
     if name == TINY and pretrained is None:
         pretrained = str(tiny_checkpoint())
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, device=device, precision=precision
-    )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, precision=precision
+        )
+    except Exception as err:  # open_clip's own, or torch.load's on a file that is not weights
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        raise ValueError(
+            f"CLIP model {name!r} with pretrained {pretrained!r} cannot be loaded: {reason}"
+        ) from err
     model.eval()
     dim = int(model.text_projection.shape[1]) if model.text_projection is not None else None
     if dim is None:

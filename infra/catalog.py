@@ -27,7 +27,8 @@ def connect(run: RunDir, database: str = ":memory:") -> duckdb.DuckDBPyConnectio
     Local tables use DuckDB's own Parquet reader; tables in object storage are scanned as
     pyarrow datasets through the run's filesystem (no DuckDB extension needed).
     """
-    con = duckdb.connect(database)
+    # never fetch an extension from the network (a recipe's `>>=` once waited 6 s to fail)
+    con = duckdb.connect(database, config={"autoinstall_known_extensions": False})
     local = run.fs.type_name == "local"
     for table in run.tables():
         if not _IDENT.match(table):

@@ -181,11 +181,15 @@ class ClipTextEncoder:
 @functools.cache
 def load_encoder(cfg: EncoderConfig = EncoderConfig()) -> TextEncoder:
     """The encoder ``cfg`` names, loaded once per process."""
-    if cfg.kind == "clip":
+    if cfg.kind == "clip":  # load_clip names a model it cannot load
         return ClipTextEncoder(
             cfg.model, cfg.pretrained, batch_size=cfg.batch_size, device=cfg.device
         )
-    return SentenceEncoder(cfg.model, batch_size=cfg.batch_size, device=cfg.device)
+    try:
+        return SentenceEncoder(cfg.model, batch_size=cfg.batch_size, device=cfg.device)
+    except OSError as err:  # not a sentence-transformers folder, or not in the hub cache
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        raise ValueError(f"text encoder model {cfg.model!r} cannot be loaded: {reason}") from err
 
 
 class CachedEncoder:

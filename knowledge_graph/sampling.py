@@ -12,6 +12,7 @@ each distinct tag is its own concept. The taxonomy's parents are the hierarchy a
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,9 @@ class WeightsConfig:
     concepts count as an average node). Needs a pruned graph for ``pagerank``."""
 
     def __post_init__(self) -> None:
+        if self.kg is not None and "://" not in self.kg:
+            require(os.path.isdir(os.path.join(self.kg, "nodes")), "kg", str(self.kg),
+                    "must be a knowledge-graph folder (kg build writes its nodes/)")  # fmt: skip
         require(self.max_words >= 1, "max_words", self.max_words, "must be >= 1")
         require(self.prior in PRIORS, "prior", self.prior, f"must be one of {list(PRIORS)}")
         t = self.match_threshold

@@ -211,14 +211,21 @@ def _read(obj: Any) -> tuple[str, dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"head file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no iter)
+        except SafetensorError as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
         return str(path), state, metadata
     if path.suffix in (".pth", ".pt"):
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle's errors on a file that is not a torch checkpoint
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+            raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
         return str(path), _as_state(loaded, str(path)), {}
     raise ValueError(
         f"{path}: unsupported head file suffix {path.suffix!r}; expected .safetensors, .pth or .pt"

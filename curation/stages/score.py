@@ -8,6 +8,7 @@ score; each configured head's version (a hash of its weights) is stored next to 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -46,6 +47,10 @@ class ScoreStage(Stage):
 
     def __post_init__(self) -> None:
         require(self.batch_rows >= 1, "batch_rows", self.batch_rows, "must be >= 1")
+        for name in HEAD_FIELDS:  # a missing head fails when the config loads, not mid-run
+            path = getattr(self, name)
+            if path is not None and "://" not in path:
+                require(os.path.isfile(path), name, str(path), "must be an existing head file")
 
     def setup(self) -> None:
         for name in HEAD_FIELDS:

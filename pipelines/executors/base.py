@@ -10,6 +10,7 @@ function runs a shard on every executor, so their outputs are identical.
 from __future__ import annotations
 
 import collections
+import posixpath
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,13 +45,24 @@ def guard_settings(run: RunDir, table: str, settings: dict[str, Any], prefix: st
     settings = redact_all(settings)  # credentials in URIs are never stored
     if run.exists(path):
         before = run.read_json(path)
-        if before != settings:
+        if before != settings and not _written(run, table, prefix):
+            run.write_json(path, settings)  # nothing was made with the old settings (a model
+            # that failed to load, say): the fixed settings replace them
+        elif before != settings:
             raise RunConflict(
                 f"{run.display}/{table}/ was written with other settings:\n  before: {before}\n"
                 f"  now:    {settings}\nUse a new --run directory (or delete {table}/)."
             )
     else:
         run.write_json(path, settings)
+
+
+def _written(run: RunDir, table: str, prefix: str) -> bool:
+    """Whether ``table`` holds any shard (marked or not) with this shard-name prefix."""
+    if run.completed(table, prefix):
+        return True
+    names = [posixpath.basename(f) for f in run.data_files(table)]
+    return any(n.startswith(f"{prefix}-") if prefix else n[:1].isdigit() for n in names)
 
 
 @dataclass(frozen=True)

@@ -161,3 +161,31 @@ def _vectors(run, table: str) -> dict[str, np.ndarray]:
     col = t.column("embedding").combine_chunks()
     m = np.asarray(col.flatten()).reshape(len(col), -1).astype(np.float64)
     return dict(zip(t.column("sample_id").to_pylist(), m, strict=True))
+
+
+def test_a_bad_head_is_named_and_does_not_block_the_fixed_rerun(colour_vs_grey, tmp_path):
+    """A missing head fails when the config loads; an unreadable one when it loads, naming the
+    file; neither leaves settings that refuse the rerun with the head fixed."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    run, _ = colour_vs_grey
+    copy = tmp_path / "run"
+    shutil.copytree(run.root, copy, ignore=shutil.ignore_patterns("scores", "heads", "stats"))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.safetensors").write_text("not a safetensors file")
+    for head, said in (
+        (tmp_path / "missing.pt", "aigc: must be an existing head file"),
+        (tmp_path / "empty.pt", "empty.pt: not a readable torch checkpoint"),
+        (tmp_path / "text.safetensors", "text.safetensors: not a readable safetensors file"),
+    ):
+        cli = ["score", str(copy), "--executor", "local", "--set", f'aigc="{head}"']
+        res = CliRunner().invoke(app, cli)
+        flat = "".join(res.output.split())  # the console wraps lines anywhere
+        assert res.exit_code == 2 and "".join(said.split()) in flat, res.output
+    res = CliRunner().invoke(app, ["score", str(copy), "--executor", "local", "--json"])
+    assert res.exit_code == 0, res.output
+    assert not (copy / "rejects").exists() or not list((copy / "rejects").glob("score-*"))

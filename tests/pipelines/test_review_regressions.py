@@ -163,6 +163,35 @@ def test_a_bad_recipe_fails_when_the_pipeline_loads(tmp_path):
         load_pipeline(tmp_path / "p.toml")
 
 
+def test_missing_heads_and_graphs_fail_when_the_pipeline_loads(tmp_path):
+    from infra.config import ConfigError
+    from pipelines.config import load_pipeline
+
+    (tmp_path / "kg" / "edges").mkdir(parents=True)  # not a graph: no nodes/
+    for section, said in (('[score]\naigc = "heads/aigc.safetensors"', "score.aigc"),
+                          ('[weights]\nkg = "kg"', "weights.kg")):  # fmt: skip
+        (tmp_path / "p.toml").write_text(f'steps = ["profile"]\n{section}\n')
+        with pytest.raises(ConfigError, match=said) as err:
+            load_pipeline(tmp_path / "p.toml")
+        assert str(tmp_path) in str(err.value)  # the path, resolved against the file
+
+
+def test_a_failed_start_leaves_no_settings_that_refuse_the_fixed_rerun(tmp_path):
+    from pipelines.executors.base import RunConflict, guard_settings
+
+    run = RunDir(tmp_path / "run")
+    guard_settings(run, "scores", {"aigc": "bad.pt"})  # then the head failed to load
+    guard_settings(run, "scores", {"aigc": "good.pt"})  # nothing was written: replaced
+    assert json.loads((tmp_path / "run" / "scores" / "_settings.json").read_text()) == {
+        "aigc": "good.pt"}  # fmt: skip
+    run.write_json(run.marker_path("scores", 0), {"shard": 0})  # a shard made with them
+    with pytest.raises(RunConflict, match="other settings"):
+        guard_settings(run, "scores", {"aigc": "other.pt"})
+    guard_settings(run, "edit_pairs", {"n": 1}, "video")  # per prefix: 00000.parquet is not
+    (tmp_path / "run" / "edit_pairs" / "00000.parquet").write_bytes(b"")  # a video shard
+    guard_settings(run, "edit_pairs", {"n": 2}, "video")
+
+
 def test_credentials_never_reach_stored_settings(tmp_path):
     from pipelines.executors.base import guard_settings
 
