@@ -21,7 +21,10 @@ features are cast to the transformer's dtype; no LoRA, callbacks or ``latents=``
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +33,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from model.s3dit import S3DiT
+from model.s3dit import S3DiT, read_json_object
 from model.sampler import Conditioning, FlowSchedule, denoise, get_preset, strength_start
 from model.text_encoder import MAX_LENGTH, TextEncoder
 from model.vae import VAE, ImageInput, PixelLatents
@@ -39,6 +42,30 @@ from model.vision import VisionEncoder, crop_reference, resize_reference
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 EDIT_COMPONENTS = ("siglip", "siglip_processor")
 OUTPUTS = ("pil", "np", "pt", "latent")
+
+
+class ComponentError(ValueError):
+    """A pipeline component that cannot be loaded: ``component`` (``transformer``, ``VAE``...)
+    from ``folder``; the message gives the reason, naming the file where known."""
+
+    def __init__(self, component: str, folder: Path, reason: str) -> None:
+        self.component, self.folder = component, folder
+        super().__init__(f"cannot load the {component} from {folder}: {reason}")
+
+
+@contextlib.contextmanager
+def _loading(component: str, folder: Path, *more: Path) -> Iterator[None]:
+    """Loading ``component`` from ``folder`` (and ``more`` folders): its JSON configs must be
+    JSON objects, and the loaders' ``OSError`` / ``ValueError`` become a ``ComponentError``,
+    not a hub client's traceback."""
+    try:
+        for part in (folder, *more):
+            for config in sorted(part.glob("*config.json")):
+                read_json_object(config)
+        yield
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ComponentError(component, folder, reason.removeprefix(f"{folder}{os.sep}")) from err
 
 
 @dataclass
@@ -85,6 +112,8 @@ class ZFoundryPipeline:
         ``text_padding``: ``max_length`` (the reference's, bit-identical) or ``longest``
         (cheaper for short prompts, see ``model.text_encoder``). ``latent_space="pixel"``: a
         transformer trained in the identity latent space (``PixelLatents``; no ``vae/`` needed).
+        A missing component folder is a ``FileNotFoundError``; one that cannot be loaded (bad
+        JSON config, truncated weights) a ``ComponentError`` naming it and the file.
         """
         if latent_space not in ("vae", "pixel"):
             raise ValueError(f"latent_space={latent_space!r}: 'vae' or 'pixel'")
@@ -105,19 +134,23 @@ class ZFoundryPipeline:
         transformer_dir = Path(transformer) if transformer is not None else root / "transformer"
         if not (transformer_dir / "config.json").is_file():
             raise FileNotFoundError(f"no transformer config.json in {transformer_dir}")
-        model = S3DiT.from_pretrained(transformer_dir, dtype=dtype).to(device)
+        with _loading("transformer", transformer_dir):
+            model = S3DiT.from_pretrained(transformer_dir, dtype=dtype).to(device)
         kwargs = {"dtype": dtype, "device": device}
-        return cls(
-            transformer=model,
-            schedule=FlowSchedule.from_pretrained(root),
-            text_encoder=TextEncoder.from_pretrained(root, padding=text_padding, **kwargs),
-            vae=PixelLatents().to(device)
-            if latent_space == "pixel"
-            else VAE.from_pretrained(root, **kwargs),
-            vision=VisionEncoder.from_pretrained(root, **kwargs)
-            if (has_vision if vision is None else vision)
-            else None,
-        )
+        with _loading("scheduler", root / "scheduler"):
+            schedule = FlowSchedule.from_pretrained(root)
+        with _loading("text encoder", root / "text_encoder", root / "tokenizer"):
+            text_encoder = TextEncoder.from_pretrained(root, padding=text_padding, **kwargs)
+        if latent_space == "pixel":
+            vae = PixelLatents().to(device)
+        else:
+            with _loading("VAE", root / "vae"):
+                vae = VAE.from_pretrained(root, **kwargs)
+        encoder = None
+        if has_vision if vision is None else vision:
+            with _loading("SigLIP encoder", *(root / c for c in EDIT_COMPONENTS)):
+                encoder = VisionEncoder.from_pretrained(root, **kwargs)
+        return cls(model, schedule, text_encoder=text_encoder, vae=vae, vision=encoder)
 
     @property
     def device(self) -> torch.device:

@@ -15,12 +15,16 @@ Every attention is varlen over ``cu_seqlens``: no batch padding is ever computed
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from model.blocks import (
@@ -37,6 +41,76 @@ from model.presets import PRESETS
 from model.rope import AxialRoPE
 
 REFERENCE_CLASS_NAME = "ZImageTransformer2DModel"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+_HUB_ID = re.compile(r"[\w][\w.-]*(/[\w][\w.-]*)?")  # "name" or "org/name"
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object in file ``path``: ``FileNotFoundError`` / ``ValueError`` naming the file
+    when it is missing, not JSON, or JSON but not an object (a list, a number)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a JSON file") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got a {type(data).__name__}")
+    return data
+
+
+def index_shards(index: str | Path) -> list[str]:
+    """The shard file names a diffusers ``*.safetensors.index.json`` maps tensors to."""
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str)
+                                                   for v in weight_map.values()):  # fmt: skip
+        raise ValueError(f"{index}: no weight_map of tensor name -> shard file")
+    return sorted(set(weight_map.values()))
+
+
+def check_transformer_folder(folder: str | Path, weights: bool = True) -> dict[str, Any]:
+    """Checks what ``S3DiT.from_pretrained`` needs of a local transformer folder, cheaply (no
+    tensor data): ``config.json`` is a JSON object and, with ``weights``, the safetensors file
+    (or every shard its index names) has an intact header covering the file (a ``.bin`` is left
+    to diffusers). -> the config; ``FileNotFoundError`` / ``ValueError`` naming the file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise FileNotFoundError(f"{folder}: {what} (a transformer folder: config.json + weights)")
+    config = read_json_object(folder / "config.json")
+    if not weights:
+        return config
+    index = folder / f"{WEIGHTS_NAME}.index.json"
+    if index.is_file():
+        files = [folder / name for name in index_shards(index)]
+    elif (folder / WEIGHTS_NAME).is_file():
+        files = [folder / WEIGHTS_NAME]
+    elif (folder / "diffusion_pytorch_model.bin").is_file():
+        files = []
+    else:
+        raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} (nor its .index.json, nor .bin)")
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{file}: no such file (named by {index.name})") from None
+        except (OSError, SafetensorError) as err:
+            raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
+    return config
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _is_local(path: str | os.PathLike) -> bool:
+    """A ``Path``, an existing path, or a string that cannot be a hub id (``org/name``)."""
+    text = str(path)
+    return not isinstance(path, str) or os.path.exists(text) or not _HUB_ID.fullmatch(text)
 
 
 class S3DiT(ModelMixin, ConfigMixin):
@@ -141,6 +215,27 @@ class S3DiT(ModelMixin, ConfigMixin):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """diffusers' ``ModelMixin.from_pretrained``. A local folder is checked first
+        (``check_transformer_folder``; a missing one is not looked up on the hub) and a failure
+        to load it is a ``FileNotFoundError`` / ``ValueError`` naming the folder or file, not
+        the hub client's ``OSError``. Hub ids go to diffusers (a failure: ``FileNotFoundError``)."""
+        if not _is_local(pretrained_model_name_or_path):
+            try:
+                return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            except OSError as err:
+                raise FileNotFoundError(
+                    f"{pretrained_model_name_or_path}: no such folder, and "
+                    f"not a hub id in reach: {_first_line(err)}"
+                ) from err
+        folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        check_transformer_folder(folder, weights=kwargs.get("variant") is None)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except OSError as err:
+            raise ValueError(f"{folder}: cannot load the transformer: {_first_line(err)}") from err
 
     def initialize_weights(self) -> None:
         """DiT-style init for training from scratch: Xavier linears, zero biases, N(0, 0.02)

@@ -97,6 +97,32 @@ def _pipeline_folder(
     return path
 
 
+def open_image(path: Path, flag: str):
+    """The decoded image file (a PIL image); ``ValueError`` naming ``flag`` and the reason when
+    it is not an image, truncated, or over PIL's decompression-bomb limit."""
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, EOFError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{flag} {path}: not a readable image ({err})") from None
+    return image
+
+
+def _check_vae_config(root: Path, flag: str) -> None:
+    """``root/vae/config.json`` is a JSON object with ``block_out_channels`` (its scale)."""
+    from model.s3dit import read_json_object
+
+    file = root / "vae" / "config.json"
+    try:
+        channels = read_json_object(file).get("block_out_channels")
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"{flag} {root}: {err}") from None
+    if not isinstance(channels, list) or not channels:
+        raise ValueError(f"{flag} {root}: {file} has no block_out_channels list")
+
+
 def output_paths(out: Path, n: int) -> list[Path]:
     """``out`` for one image, ``out_0``, ``out_1``, ... (same suffix) for several."""
     if n == 1:
@@ -182,17 +208,21 @@ def sample(
         for flag, path in [("--image", image), *(("--reference", r) for r in reference or [])]:
             if path is not None and not path.is_file():
                 raise FileNotFoundError(f"{flag} {path}: no such file")
+        init = open_image(image, "--image") if image is not None else None
+        refs = [open_image(r, "--reference") for r in reference] if reference else None
         root, transformer = resolve_checkpoint(checkpoint, base)
         if reference and not all((root / c).is_dir() for c in ("siglip", "siglip_processor")):
             raise FileNotFoundError(f"--reference needs siglip/ and siglip_processor/ in {root}")
-        multiple = pixel_multiple(root) if _latent_space(transformer) == "vae" else 16
+        multiple = 16
+        if _latent_space(transformer) == "vae":
+            _check_vae_config(root, "--base" if base is not None else "--checkpoint")
+            multiple = pixel_multiple(root)
         width, height = parse_size(size, multiple) if size else (None, None)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     import torch
-    from PIL import Image
 
-    from model.pipeline import ZFoundryPipeline
+    from model.pipeline import ComponentError, ZFoundryPipeline
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -225,11 +255,16 @@ def sample(
             width=width,
             seed=seed,
             num_images=num_images,
-            image=Image.open(image) if image else None,
+            image=init,
             strength=strength,
-            references=[Image.open(r) for r in reference] if reference else None,
+            references=refs,
             progress=progress,
         )
+    except ComponentError as err:  # name the option the folder came from
+        named = f"--checkpoint {checkpoint}"
+        if base is not None and err.component != "transformer":
+            named = f"--base {base}"
+        _fail(ValueError(f"{named}: {err}"))
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     settings = {"checkpoint": str(checkpoint), "preset": preset.value, "steps": steps, "cfg": cfg}
@@ -240,8 +275,10 @@ def _latent_space(transformer: Path | None) -> str:
     """``pixel`` for a zfoundry training export made in the identity latent space."""
     if transformer is None:
         return "vae"
+    from model.s3dit import read_json_object
+
     note = transformer.parent / "zfoundry_stage.json"
-    return json.loads(note.read_text()).get("latent_space", "vae") if note.is_file() else "vae"
+    return read_json_object(note).get("latent_space", "vae") if note.is_file() else "vae"
 
 
 def _save(result, out: Path, prompts: list[str], num_images: int, settings: dict) -> None:

@@ -280,7 +280,41 @@ class StageConfig:
 
 
 def load_stage(path: str | Path, overrides: dict[str, Any] | None = None) -> StageConfig:
-    """A stage TOML (relative paths relative to it); ``overrides``: dotted keys (CLI)."""
-    from infra.config import load_toml
+    """A stage TOML (relative paths relative to it); ``overrides``: dotted keys (CLI). The
+    local files it names are checked too (``check_local_paths``)."""
+    from infra.config import blame_cli, load_toml
 
-    return load_toml(StageConfig, path, overrides=overrides, relative_paths=True)
+    config = load_toml(StageConfig, path, overrides=overrides, relative_paths=True)
+    with blame_cli(overrides or {}):
+        check_local_paths(config, source=str(path))
+    return config
+
+
+def pretrained_transformer(path: str | Path) -> Path:
+    """The transformer folder ``model.pretrained`` names: a pipeline folder's (model_index.json)
+    ``transformer/``, a stage out folder's ``final/transformer``, else ``path`` itself."""
+    root = Path(path)
+    if (root / "model_index.json").is_file():
+        return root / "transformer"
+    if (root / "final" / "transformer").is_dir():
+        return root / "final" / "transformer"
+    return root
+
+
+def check_local_paths(config: StageConfig, source: str = "") -> None:
+    """Checks before training what a stage reads from local paths (URIs are read at train
+    time): ``manifest`` is not a folder, and ``model.pretrained`` is a transformer folder with
+    a readable config.json and intact safetensors headers (``check_transformer_folder``).
+    ``ConfigError`` naming ``source`` and the key."""
+    from infra.config import ConfigError
+    from model.s3dit import check_transformer_folder
+
+    if "://" not in str(config.manifest) and Path(config.manifest).is_dir():
+        raise ConfigError(f"{config.manifest} is a folder, not a manifest.json", source=source,
+                          key="manifest")  # fmt: skip
+    pretrained = str(config.model.pretrained)
+    if pretrained and "://" not in pretrained:
+        try:
+            check_transformer_folder(pretrained_transformer(pretrained))
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(str(err), source=source, key="model.pretrained") from None

@@ -50,7 +50,7 @@ from infra.config import (
     read_toml,
     require,
 )
-from trainer.config import RayConfig, StageConfig
+from trainer.config import RayConfig, StageConfig, check_local_paths
 
 CURRICULUM_KEYS = ("out", "backend", "ray", "defaults", "stages")
 SET_BY_CURRICULUM = ("out", "backend", "ray")
@@ -147,6 +147,7 @@ def load_curriculum(path: str | Path, overrides: Mapping[str, Any] | None = None
             merged |= {"out": str(out), "backend": head.backend, "ray": head.ray}
             with blame_cli(stage_overrides, where):
                 config = from_dict(StageConfig, merged, source=source, path=where)
+                check_local_paths(config, source=f"{source}: {where}")
             if configs:  # starts from the previous stage's final/transformer
                 model = dataclasses.replace(config.model, pretrained=str(configs[-1].out))
                 config = dataclasses.replace(config, model=model)

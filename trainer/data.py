@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -55,17 +56,33 @@ class Manifest:
 
     @classmethod
     def load(cls, location: str) -> Manifest:
+        """``FileNotFoundError`` / ``ValueError`` naming the manifest when it is missing, a
+        folder, not JSON, not a ``zfoundry select`` manifest or without shards."""
+        where = f"manifest {location}"
+        if "://" not in str(location) and os.path.isdir(location):
+            inside = os.path.join(location, "manifest.json")
+            hint = f"; did you mean {inside}?" if os.path.isfile(inside) else ""
+            raise ValueError(f"{where}: a folder, not a manifest.json{hint}")
         try:
             data = json.loads(read_bytes(str(location)))
         except FileNotFoundError:
             raise FileNotFoundError(f"no manifest at {location}; run `zfoundry select`") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{location}: not JSON ({err})") from None
+        except OSError as err:
+            raise ValueError(f"{where}: cannot read it ({err})") from None
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{where}: not JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a JSON object, got a {type(data).__name__}")
         if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{location}: format {data.get('format')!r}, "
+            raise ValueError(f"{where}: format {data.get('format')!r}, "
                              f"expected {MANIFEST_FORMAT!r}")  # fmt: skip
-        if not data.get("shards"):
-            raise ValueError(f"{location}: the manifest lists no shards (0 rows selected?)")
+        shards = data.get("shards")
+        if not shards:
+            raise ValueError(f"{where}: the manifest lists no shards (0 rows selected?)")
+        if not isinstance(shards, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("path"), str) for e in shards
+        ):
+            raise ValueError(f"{where}: shards must be a list of {{path, sha256, rows}} objects")
         return cls(str(location), data)
 
     @property
@@ -79,8 +96,12 @@ class Manifest:
         """One shard as an Arrow table; with ``verify``, its bytes must match the manifest."""
         entry, where = self.data["shards"][index], self.shard_location(index)
         fs, path = resolve_uri(where)
-        with fs.open_input_file(path) as f:
-            data = f.read()
+        try:
+            with fs.open_input_file(path) as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: no such shard (manifest {self.location} lists "
+                                    "it); re-run `zfoundry select`") from None  # fmt: skip
         if verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise ValueError(f"{where}: sha256 differs from the manifest (shard changed or "
                              f"corrupt); re-run `zfoundry select`")  # fmt: skip

@@ -43,6 +43,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from model.s3dit import index_shards, read_json_object
 from trainer.checkpoint import STAGE_FILE
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -87,7 +88,7 @@ def weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a diffusers transformer folder: one, or the index's shards."""
     index = folder / INDEX_NAME
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        names = index_shards(index)
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{index} names shards that are missing: {missing}")
@@ -135,14 +136,18 @@ def load_source(path: Path | str, index: int) -> Source:
     """Resolve one input and read its config and safetensors headers (no tensor data)."""
     transformer = resolve_transformer(path)
     label = f"checkpoint {index} ({path})"
-    config = json.loads((transformer / "config.json").read_text())
-    name = config.get("_class_name", CLASS_NAMES[0])
-    if name not in CLASS_NAMES:
-        raise ValueError(f"{label}: {transformer / 'config.json'} is a {name}, not a Z-Image "
-                         f"transformer ({' / '.join(CLASS_NAMES)})")  # fmt: skip
+    try:
+        config = read_json_object(transformer / "config.json")
+        name = config.get("_class_name", CLASS_NAMES[0])
+        if name not in CLASS_NAMES:
+            raise ValueError(f"{transformer / 'config.json'} is a {name}, not a Z-Image "
+                             f"transformer ({' / '.join(CLASS_NAMES)})")  # fmt: skip
+        files_to_read = weight_files(transformer)
+    except ValueError as err:
+        raise ValueError(f"{label}: {err}") from None
     files: dict[str, Path] = {}
     meta: dict[str, tuple[tuple[int, ...], str]] = {}
-    for file in weight_files(transformer):
+    for file in files_to_read:
         try:
             with safe_open(file, framework="pt") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
@@ -204,9 +209,12 @@ def _stage_note(sources: list[Source]) -> Path | None:
     released folders do not); the notes present must agree on the latent space."""
     notes = {s.label: s.transformer.parent / STAGE_FILE for s in sources}
     notes = {label: note for label, note in notes.items() if note.is_file()}
-    spaces = {
-        label: json.loads(n.read_text()).get("latent_space", "vae") for label, n in notes.items()
-    }
+    spaces = {}
+    for label, note in notes.items():
+        try:
+            spaces[label] = read_json_object(note).get("latent_space", "vae")
+        except ValueError as err:
+            raise ValueError(f"{label}: {err}") from None
     if len(set(spaces.values())) > 1:
         raise ValueError(f"the checkpoints were trained in different latent spaces: {spaces}")
     return next(iter(notes.values()), None)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from model.s3dit import S3DiT
-from trainer.config import StageConfig
+from trainer.config import StageConfig, pretrained_transformer
 from trainer.data import Manifest, StageData, Step
 from trainer.encoders import EncodedBatch, Encoders
 from trainer.flops import peak_flops, train_step_flops
@@ -116,7 +116,10 @@ class Trainer:
             "in_channels": self.encoders.latent_channels,
         }
         if c.pretrained:
-            model = S3DiT.from_pretrained(_transformer_folder(c.pretrained))
+            try:
+                model = S3DiT.from_pretrained(pretrained_transformer(c.pretrained))
+            except (FileNotFoundError, ValueError) as err:
+                raise type(err)(f"model.pretrained = {c.pretrained!r}: {err}") from err
             got = {k: int(model.config[k]) for k in need}
             if got != need:
                 raise ValueError(f"model.pretrained {c.pretrained}: {got} does not match the "
@@ -446,12 +449,3 @@ def _to(value, device):
     if isinstance(value, list | tuple):
         return [_to(v, device) for v in value]
     return value.to(device)
-
-
-def _transformer_folder(path: str) -> Path:
-    root = Path(path)
-    if (root / "model_index.json").is_file():
-        return root / "transformer"
-    if (root / "final" / "transformer").is_dir():
-        return root / "final" / "transformer"
-    return root

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from model import S3DiT
 from model.pipeline import ZFoundryPipeline
 from pipelines.cli import app
 
 runner = CliRunner()
 ARGS = ["--steps", "3", "--size", "96x64", "--seed", "7", "--no-progress"]
+EDGE = Path(__file__).resolve().parents[2] / "examples" / "data" / "edge_cases"
 
 
 def sample(*args: str):
@@ -25,6 +28,11 @@ def sample(*args: str):
 def said(result) -> str:
     """The output with line wrapping undone."""
     return " ".join(result.output.split())
+
+
+def flat(result) -> str:
+    """The output without any whitespace (the console wraps long paths anywhere)."""
+    return "".join(result.output.split())
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +109,17 @@ def test_training_checkpoint_takes_the_other_components_from_base(zimage_dir, tm
         (["--strength", "1.5", "--image", "__in__"], "--strength 1.5: must be in (0, 1]"),
         (["--reference", "__in__"], "--reference needs siglip/ and siglip_processor/"),
         (["--image", "missing.png"], "--image missing.png: no such file"),
+        (["--image", "__text__"], "text.txt: not a readable image (cannot identify image file"),
+        (["--image", f"{EDGE}/truncated.png"], "truncated.png: not a readable image (image fi"),
+        (["--reference", f"{EDGE}/bomb.png"], "bomb.png: not a readable image (Image size"),
         (["--out", "x.gif"], "the suffix must be one of"),
     ],
 )
 def test_bad_arguments_fail_naming_them(zimage_dir, tmp_path, args, message):
     Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
-    args = [str(tmp_path / "in.png") if a == "__in__" else a for a in args]
+    (tmp_path / "text.txt").write_text("not an image")
+    named = {"__in__": str(tmp_path / "in.png"), "__text__": str(tmp_path / "text.txt")}
+    args = [named.get(a, a) for a in args]
     result = sample("--checkpoint", zimage_dir, "--prompt", "a cat", *args)
     assert result.exit_code == 2
     assert message in said(result)
@@ -120,6 +133,34 @@ def test_missing_folder_and_components_are_named(zimage_dir, tmp_path):
     result = sample("--checkpoint", broken, "--prompt", "a cat")
     assert result.exit_code == 2
     assert "missing tokenizer/, vae/" in said(result)
+
+
+def test_unreadable_checkpoint_files_are_named(zimage_dir, tmp_path):
+    """A garbage config.json, a list, a cut-off safetensors: exit 2 naming the option and the
+    file (checked before loading; a missing folder is not looked up on the hub)."""
+    bad = tmp_path / "bad"
+    shutil.copytree(zimage_dir, bad)
+    weights = next(bad.glob("transformer/*.safetensors"))
+    for broken, text, message in [
+        (bad / "transformer" / "config.json", "{not", "transformer: config.json: not valid JSON"),
+        (bad / "transformer" / "config.json", "[1]", "config.json: expected a JSON object"),
+        (weights, None, f"{weights.name}: not a readable safetensors file"),
+        (bad / "text_encoder" / "config.json", "[]", "the text encoder from"),
+    ]:
+        good = broken.read_bytes()
+        broken.write_bytes(good[:100] if text is None else text.encode())
+        result = sample("--checkpoint", bad, "--prompt", "a cat", *ARGS)
+        broken.write_bytes(good)
+        assert result.exit_code == 2, result.output
+        assert f"--checkpoint {bad}: cannot load the".replace(" ", "") in flat(result)
+        assert message.replace(" ", "") in flat(result), result.output
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(zimage_dir / "transformer", ckpt / "transformer")
+    (bad / "vae" / "config.json").write_text("{not json")  # the latent scale is read first
+    result = sample("--checkpoint", ckpt, "--base", bad, "--prompt", "a cat", *ARGS)
+    assert result.exit_code == 2 and f"--base{bad}:{bad}/vae/config.json:notvalid" in flat(result)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        S3DiT.from_pretrained(tmp_path / "nope")
 
 
 def test_help_shows_examples():

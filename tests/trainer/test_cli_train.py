@@ -88,6 +88,35 @@ def test_bad_stage_and_overrides_are_named(toy, tmp_path):
     assert f"encoders.pipeline='{missing}':cannotloaditstextencoder" in flat, result.output
 
 
+def test_unreadable_pretrained_and_manifest_are_named(toy, tmp_path):
+    """model.pretrained missing, not JSON, a JSON list, cut-off safetensors; manifest a folder
+    or a JSON list: exit 2 naming the key and the file (pretrained: at load time)."""
+    stage = _stage_file(toy, tmp_path)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "diffusion_pytorch_model.safetensors").write_bytes(b"\x08" + bytes(99))
+    for config, message in [
+        (None, f"{tmp_path / 'nope'}: no such folder"),
+        ("{not json", f"{ck / 'config.json'}: not valid JSON"),
+        ("[1, 2]", "config.json: expected a JSON object, got a list"),
+        ("{}", "diffusion_pytorch_model.safetensors: not a readable safetensors file"),
+    ]:
+        where = tmp_path / "nope" if config is None else ck
+        if config is not None:
+            (ck / "config.json").write_text(config)
+        result = runner.invoke(app, ["train", stage, "--set", f'model.pretrained="{where}"'])
+        assert result.exit_code == 2, result.output
+        flat = "".join(result.output.split())
+        assert "CLI:model.pretrained:" in flat and message.replace(" ", "") in flat, result.output
+    manifest = tmp_path / "listed" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text("[]")
+    for where, message in [(toy.manifest.parent, f"CLI:manifest:{toy.manifest.parent}isafolder"),
+                           (manifest, f"manifest{manifest}:expectedaJSONobject")]:  # fmt: skip
+        result = runner.invoke(app, ["train", stage, "--set", f'manifest="{where}"'])
+        assert result.exit_code == 2 and message in "".join(result.output.split()), result.output
+
+
 def test_module_entry_point_has_every_command():
     """``python -m pipelines.cli`` sees the commands other modules register (train, merge...)."""
     import subprocess
@@ -133,6 +162,7 @@ def test_curriculum_runs_stages_in_order_each_from_the_previous_and_skips_finish
         ("[[stages]]\nname = 'x'\nout = 'elsewhere'\n", "stages[2].out"),
         ("[[stages]]\nname = 'x'\nmodel = 'x'\n", "stages[2].model"),
         ("[extra]\n", "extra"),
+        ("[[stages]]\nname = 'x'\nmanifest = '.'\n", "stages[2]: manifest"),  # a folder
     ],
 )
 def test_bad_curriculum_fails_at_load_time_naming_the_field(toy, tmp_path, edit, named):

@@ -130,6 +130,19 @@ def test_unreadable_inputs_fail_naming_the_file(ckpts, tmp_path):
     (tmp_path / "bad" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
     with pytest.raises(ValueError, match="is a AutoencoderKL, not a Z-Image transformer"):
         merge_checkpoints([a, tmp_path / "bad"], None, tmp_path / "m")
+    for text, message in [("[1, 2]", "expected a JSON object, got a list"),
+                          ("{not json", "not valid JSON")]:  # fmt: skip
+        (tmp_path / "bad" / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=rf"checkpoint 2 .*config\.json: {message}"):
+            merge_checkpoints([a, tmp_path / "bad"], None, tmp_path / "m")
+        result = runner.invoke(app, ["merge", str(a), str(tmp_path / "bad"), "--out",
+                                     str(tmp_path / "m")])  # fmt: skip
+        assert result.exit_code == 2 and message in " ".join(result.output.split())
+    shutil.copytree(a, tmp_path / "noted" / "transformer")
+    (tmp_path / "noted" / "zfoundry_stage.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"checkpoint 2 .*zfoundry_stage\.json: expected"):
+        merge_checkpoints([a, tmp_path / "noted"], None, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize(
