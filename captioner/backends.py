@@ -196,7 +196,8 @@ def resolve_model(model: str, who: str) -> tuple[str, bool]:
     path = Path(model).expanduser()
     looks_local = model.startswith(("/", ".", "~")) or model.count("/") > 1
     if looks_local and not path.is_dir():
-        raise FileNotFoundError(f"{who}: model folder {str(path)!r} not found")
+        what = "is a file, not a model folder" if path.exists() else "not found"
+        raise FileNotFoundError(f"{who}: model folder {str(path)!r} {what}")
     return (str(path), True) if path.is_dir() else (model, False)
 
 
