@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.config import error_reason
+
 TINY = "zf-tiny-clip"
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 
@@ -97,10 +99,8 @@ def load_clip(
             name, pretrained=pretrained, device=device, precision=precision
         )
     except Exception as err:  # open_clip's own, or torch.load's on a file that is not weights
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
-        raise ValueError(
-            f"CLIP model {name!r} with pretrained {pretrained!r} cannot be loaded: {reason}"
-        ) from err
+        raise ValueError(f"CLIP model {name!r} with pretrained {pretrained!r} cannot be loaded: "
+                         f"{error_reason(err)}") from err  # fmt: skip
     model.eval()
     dim = int(model.text_projection.shape[1]) if model.text_projection is not None else None
     if dim is None:

@@ -66,6 +66,12 @@ class ConfigError(ValueError):
         super().__init__(": ".join(part for part in (source, key, detail) if part))
 
 
+def error_reason(err: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of an error, first line only, at most ``limit`` characters: the
+    reason a loader gives when it turns a library's error into one naming its input."""
+    return f"{type(err).__name__}: {err}".splitlines()[0][:limit]
+
+
 def require(cond: bool, field: str, value: Any, expectation: str) -> None:
     """For ``__post_init__``: raise ``ValueError("<field>: <expectation>, got <value!r>")``."""
     if not cond:

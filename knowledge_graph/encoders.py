@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infra.config import require
+from infra.config import error_reason, require
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def load_encoder(cfg: EncoderConfig = EncoderConfig()) -> TextEncoder:
     try:
         return SentenceEncoder(cfg.model, batch_size=cfg.batch_size, device=cfg.device)
     except OSError as err:  # not a sentence-transformers folder, or not in the hub cache
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        reason = error_reason(err)
         raise ValueError(f"text encoder model {cfg.model!r} cannot be loaded: {reason}") from err
 
 

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from model.s3dit import S3DiT, read_json_object
+from model.s3dit import S3DiT, first_line, read_json_object
 from model.sampler import Conditioning, FlowSchedule, denoise, get_preset, strength_start
 from model.text_encoder import MAX_LENGTH, TextEncoder
 from model.vae import VAE, ImageInput, PixelLatents
@@ -64,7 +64,7 @@ def _loading(component: str, folder: Path, *more: Path) -> Iterator[None]:
                 read_json_object(config)
         yield
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ComponentError(component, folder, reason.removeprefix(f"{folder}{os.sep}")) from err
 
 

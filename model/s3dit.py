@@ -103,7 +103,8 @@ def check_transformer_folder(folder: str | Path, weights: bool = True) -> dict[s
     return config
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none."""
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
@@ -228,14 +229,14 @@ class S3DiT(ModelMixin, ConfigMixin):
             except OSError as err:
                 raise FileNotFoundError(
                     f"{pretrained_model_name_or_path}: no such folder, and "
-                    f"not a hub id in reach: {_first_line(err)}"
+                    f"not a hub id in reach: {first_line(err)}"
                 ) from err
         folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
         check_transformer_folder(folder, weights=kwargs.get("variant") is None)
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except OSError as err:
-            raise ValueError(f"{folder}: cannot load the transformer: {_first_line(err)}") from err
+            raise ValueError(f"{folder}: cannot load the transformer: {first_line(err)}") from err
 
     def initialize_weights(self) -> None:
         """DiT-style init for training from scratch: Xavier linears, zero biases, N(0, 0.02)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from model.s3dit import first_line
 from model.text_encoder import TextEncoder
 from model.vae import VAE, PixelLatents
 from trainer.config import EncoderConfig
@@ -43,7 +44,7 @@ def _naming_the_pipeline(pipeline: str, part: str) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise FileNotFoundError(
             f"encoders.pipeline = {pipeline!r}: cannot load its {part} (a local Z-Image pipeline "
             f"folder, or a hub id already in the Hugging Face cache; nothing is downloaded with "

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from curation.heads.modules import Head, head_class
-from infra.config import require
+from infra.config import error_reason, require
 
 __all__ = [
     "FORMAT",
@@ -224,7 +224,7 @@ def _read(obj: Any) -> tuple[str, dict[str, torch.Tensor], dict[str, str]]:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle's errors on a file that is not a torch checkpoint
-            reason = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+            reason = error_reason(err, limit=120)
             raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
         return str(path), _as_state(loaded, str(path)), {}
     raise ValueError(
